@@ -1,0 +1,14 @@
+"""EnvPool MuJoCo (dm_control) envs as the rest of pixel_ddpg sees them.
+
+Importing this package loads the system EGL first, so envpool can render headless.
+"""
+
+from envs.egl import preload_egl
+
+preload_egl()
+
+from envs.errors import ConfigError, EGLUnavailable  # noqa: E402
+from envs.pool import EnvSpec, EnvStep, VecEnv, make_env  # noqa: E402
+from envs.settings import EnvSettings  # noqa: E402
+
+__all__ = ["ConfigError", "EGLUnavailable", "EnvSettings", "EnvSpec", "EnvStep", "VecEnv", "make_env"]

@@ -1,0 +1,105 @@
+"""Validated env settings, built from the composed Hydra config before anything is created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from envs.errors import ConfigError
+from envs.render_profiles import PROFILES
+
+OBS_TYPES = ("pixels", "state")
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Everything needed to build a batch of envs; checked on construction."""
+
+    name: str
+    task_id: str
+    camera_id: int
+    obs_type: str
+    image_size: int
+    action_repeat: int
+    render_substeps: bool
+    frame_stack: int
+    render: str
+    num_envs: int
+    seed: int
+    num_threads: int = 0
+    episode_sim_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.obs_type not in OBS_TYPES:
+            raise ConfigError(f"obs.type={self.obs_type!r} is not an observation type; choose one of {list(OBS_TYPES)}")
+        if self.render not in PROFILES:
+            raise ConfigError(f"render={self.render!r} is not a render profile; choose one of {list(PROFILES)}")
+        if _int(self.num_envs, "num_envs") < 1:
+            raise ConfigError(f"num_envs={self.num_envs} must be at least 1")
+        if _int(self.action_repeat, "obs.action_repeat") < 1:
+            raise ConfigError(f"obs.action_repeat={self.action_repeat} must be at least 1")
+        if _int(self.frame_stack, "obs.frame_stack") < 1:
+            raise ConfigError(f"obs.frame_stack={self.frame_stack} must be at least 1")
+        if _int(self.num_threads, "num_threads") < 0:
+            raise ConfigError(f"num_threads={self.num_threads} must be 0 (automatic) or more")
+        _int(self.seed, "seed")
+        _int(self.camera_id, "env.camera_id")
+        if self.obs_type == "pixels":
+            if _int(self.image_size, "obs.image_size") <= 0:
+                raise ConfigError(f"obs.image_size={self.image_size} must be a positive number of pixels")
+        elif self.frame_stack != 1:
+            raise ConfigError(f"obs.frame_stack={self.frame_stack} is only for pixels; obs=state needs 1")
+        if self.episode_agent_steps < 1:
+            raise ConfigError(
+                f"env.episode_sim_steps={self.episode_sim_steps} is shorter than one agent step "
+                f"(obs.action_repeat={self.action_repeat})"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, num_envs: int | None = None, seed: int | None = None) -> EnvSettings:
+        """Build from a composed config (``env``, ``obs``, ``render``, ``num_envs``, ``seed``)."""
+        env, obs = cfg.env, cfg.obs
+        return cls(
+            name=str(env.name),
+            task_id=str(env.task_id),
+            camera_id=env.camera_id,
+            obs_type=str(obs.type),
+            image_size=obs.image_size,
+            action_repeat=obs.action_repeat,
+            render_substeps=bool(obs.render_substeps),
+            frame_stack=obs.frame_stack,
+            render=str(cfg.render),
+            num_envs=cfg.num_envs if num_envs is None else num_envs,
+            seed=cfg.seed if seed is None else seed,
+            num_threads=cfg.get("num_threads", 0),
+            episode_sim_steps=env.episode_sim_steps,
+        )
+
+    @property
+    def pixels(self) -> bool:
+        return self.obs_type == "pixels"
+
+    @property
+    def max_episode_steps(self) -> int:
+        """EnvPool steps per episode, a multiple of the repeat so no episode ends mid-repeat."""
+        return self.episode_agent_steps * self.action_repeat
+
+    @property
+    def episode_agent_steps(self) -> int:
+        return self.episode_sim_steps // self.action_repeat
+
+    @property
+    def envpool_frame_stack(self) -> int:
+        """Renders EnvPool keeps per observation: all sub-steps' (paper) or only the last."""
+        return self.action_repeat if (self.pixels and self.render_substeps) else 1
+
+    @property
+    def frame_channels(self) -> int:
+        """Channels that are new at each agent step (what the replay stores once)."""
+        return 3 * self.envpool_frame_stack

@@ -1,0 +1,86 @@
+"""Composing the Hydra config and running commands with one-line errors.
+
+Every command (train, evaluate, benchmark, envs.preview) goes through :func:`cli`, so a bad
+group choice or value is one clear line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from envs.errors import ConfigError, EGLUnavailable
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("env", "obs", "agent")
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix (bad path, bad checkpoint, no GPU...): printed as one line."""
+
+
+# Errors shown as one line; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
+
+
+def conf_dir() -> Path:
+    if not (CONF_DIR / "config.yaml").exists():
+        raise UserError(f"config folder {CONF_DIR} is missing; install the project with `pip install -e .` from its clone")
+    return CONF_DIR
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def check_group_overrides(overrides: Sequence[str]) -> None:
+    """Name a bad ``env=``/``obs=``/``agent=`` choice in one line, before Hydra composes."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in GROUPS:
+            for choice in value.split(","):  # multirun lists
+                if choice not in group_choices(key):
+                    raise ConfigError(f"{key}={choice!r} is not known; choose one of {group_choices(key)}")
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """The composed config, for code and tests that do not go through the command line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    check_group_overrides(overrides)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def cli(task: Callable[[DictConfig], object], config_name: str = "config") -> Callable[[], None]:
+    """Wrap ``task(cfg)`` as a Hydra command with one-line errors for user mistakes."""
+    import hydra
+
+    def guarded(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+    def main() -> None:
+        try:
+            check_group_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
+        except USER_ERRORS as exc:
+            fail(str(exc))
+        hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(guarded)()
+
+    return main
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
