@@ -391,7 +391,7 @@ class ReplayBuffer:
         self.gamma = float(state["gamma"])
         self._powers = (self.gamma ** torch.arange(self.nstep, dtype=torch.float64, device=self.device)).to(torch.float32)
         self._accept = float(state["accept"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(torch.as_tensor(state["generator"]).cpu())  # a map_location may have moved it
 
 
 def make_replay(cfg: Any, spec: EnvSpec, device: torch.device | str, *, seed: int | None = None) -> ReplayBuffer:
