@@ -62,8 +62,12 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def cli(task: Callable[[DictConfig], object], config_name: str = "config") -> Callable[[], None]:
-    """Wrap ``task(cfg)`` as a Hydra command with one-line errors for user mistakes."""
+def cli(task: Callable[[DictConfig], object], config_name: str = "config",
+        argv_hook: Callable[[list[str]], list[str]] | None = None) -> Callable[[], None]:
+    """Wrap ``task(cfg)`` as a Hydra command with one-line errors for user mistakes.
+
+    ``argv_hook`` may rewrite the command-line overrides before Hydra sees them.
+    """
     import hydra
 
     def guarded(cfg: DictConfig) -> None:
@@ -75,6 +79,8 @@ def cli(task: Callable[[DictConfig], object], config_name: str = "config") -> Ca
     def main() -> None:
         try:
             check_group_overrides([a for a in sys.argv[1:] if not a.startswith("-")])
+            if argv_hook is not None:
+                sys.argv[1:] = argv_hook(sys.argv[1:])
         except USER_ERRORS as exc:
             fail(str(exc))
         hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(guarded)()

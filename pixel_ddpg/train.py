@@ -1,18 +1,72 @@
-"""`python -m pixel_ddpg.train`: placeholder until the training loop lands (issue 5)."""
+"""`python -m pixel_ddpg.train env=cheetah obs=pixels`: train, checkpoint, resume.
+
+``resume=<run dir or checkpoint>`` continues that run in its own dir with its own config;
+explicit overrides may change only what does not alter the experiment (total_frames, device,
+logging...). Ctrl-C or SIGTERM saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pixel_ddpg.config import cli
+from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg.config import UserError, cli, to_yaml
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """A resume continues in its own run dir (keeping its original .hydra/ files); a new run's
+    explicit run dir is checked before Hydra creates it."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if values and values[-1] not in ("", "null", "None"):
+        run_dir = ckpt_io.run_dir_of(ckpt_io.find_checkpoint(values[-1]).resolve())
+        kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+        return kept + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
+    for a in argv:
+        if a.startswith("hydra.run.dir="):
+            check_writable(Path(a.split("=", 1)[1]))
+    return argv
+
+
+def check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run dir {run_dir} is not writable ({exc.strerror}); set hydra.run.dir=<a writable folder>") from None
 
 
 def run(cfg: DictConfig) -> None:
-    from envs import EnvSettings
+    from hydra.core.hydra_config import HydraConfig
 
-    settings = EnvSettings.from_config(cfg)
-    print(f"config is valid for {settings.task_id} ({settings.obs_type}); training is not built yet")
+    from pixel_ddpg.trainer import Trainer
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    resume = None
+    if cfg.resume:
+        resume = ckpt_io.load(cfg.resume)
+        cfg = ckpt_io.merge_for_resume(ckpt_io.checkpoint_config(resume), cfg, list(hc.overrides.task))
+        run_dir = ckpt_io.run_dir_of(resume["path"].resolve())
+    check_writable(run_dir)
+    trainer = Trainer(cfg, run_dir, resume=resume)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    print(f"run dir: {run_dir}", flush=True)
+    result = trainer.train()
+    if result["interrupted"]:
+        sys.exit(128 + int(result["signal"]))
+    print(f"done: {result['frame']:,} frames; checkpoint {result['checkpoint']}")
 
 
-main = cli(run)
+def main() -> None:
+    cli(run, argv_hook=prepare_argv)()
+
 
 if __name__ == "__main__":
     main()

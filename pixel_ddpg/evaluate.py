@@ -1,0 +1,137 @@
+"""`python -m pixel_ddpg.evaluate checkpoint=<file or run dir> episodes=N out_dir=DIR`.
+
+Rebuilds env, obs pipeline, render profile and networks from the checkpoint's own config,
+runs N episodes with deterministic actions on a batch of envs, prints the returns and writes
+``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from envs import EnvSettings, EnvStep, make_env
+from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.device import resolve_precision
+from pixel_ddpg.rollout import agent_policy, run_episodes
+
+
+def _out_dir(cfg: DictConfig, ckpt: dict[str, Any]) -> Path:
+    if cfg.out_dir:
+        out = Path(str(cfg.out_dir))
+    else:
+        out = ckpt_io.run_dir_of(ckpt["path"]) / "eval" / f"frame_{ckpt['counters']['frame']}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"out_dir {out} is not writable ({exc.strerror})") from None
+    return out
+
+
+class EpisodeRecorder:
+    """Writes the first ``count`` episodes (in the (round, env) order of run_episodes) as MP4s."""
+
+    def __init__(self, env: Any, out_dir: Path, count: int, size: int, fps: int) -> None:
+        from pixel_ddpg.video import VideoWriter
+
+        self._writer_cls = VideoWriter
+        self.env, self.out_dir, self.count, self.size, self.fps = env, out_dir, count, size, fps
+        n = env.spec.num_envs
+        self.round = np.zeros(n, dtype=int)  # episode index of each env
+        self.frame = np.zeros(n, dtype=int)
+        self.writers: dict[int, Any] = {}
+        self.paths: list[Path] = []
+
+    def _episode_id(self, i: int) -> int:
+        return int(self.round[i]) * self.env.spec.num_envs + i
+
+    def __call__(self, step: EnvStep, returns: np.ndarray) -> None:
+        from pixel_ddpg.video import compose_frame
+
+        n = self.env.spec.num_envs
+        for i in range(n):
+            eid = self._episode_id(i)
+            if eid >= self.count:
+                continue
+            if i not in self.writers:
+                path = self.out_dir / f"episode_{eid:03d}.mp4"
+                self.writers[i] = self._writer_cls(path, fps=self.fps).__enter__()
+                self.paths.append(path)
+            render = self.env.render([i], self.size)[0]
+            obs = step.obs[i] if self.env.spec.pixels else None
+            self.writers[i].write(compose_frame(obs, render, int(self.frame[i]), float(returns[i])))
+        self.frame += 1
+        for i in np.flatnonzero(step.last):
+            if i in self.writers:
+                self.writers.pop(i).__exit__(None, None, None)
+            self.round[i] += 1
+            self.frame[i] = 0  # the auto-reset step that follows is the next episode's frame 0
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.__exit__(None, None, None)
+        self.writers.clear()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    from pixel_ddpg.agent import make_agent
+    from pixel_ddpg.trainer import EVAL_SEED_OFFSET, env_signature
+
+    episodes = int(cfg.episodes)
+    if episodes < 1:
+        raise UserError(f"episodes={episodes} must be at least 1")
+    ckpt = ckpt_io.load(cfg.checkpoint)
+    train_cfg = ckpt_io.checkpoint_config(ckpt)
+    out = _out_dir(cfg, ckpt)
+    precision = resolve_precision(cfg.device, "false", "bfloat16", "false")
+    seed = int(cfg.seed) if cfg.seed is not None else (int(train_cfg.seed) + EVAL_SEED_OFFSET) % 2**31
+    num_envs = int(cfg.num_envs) if cfg.num_envs is not None else min(episodes, int(train_cfg.eval.num_envs))
+    settings = EnvSettings.from_config(train_cfg, num_envs=num_envs, seed=seed)
+    with make_env(settings) as env:
+        ckpt_io.check_signature("env", ckpt["env_signature"], env_signature(settings, env.spec), ckpt["path"])
+        agent = make_agent(train_cfg.agent, env.spec, precision, seed)
+        ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
+        agent.load_state_dict(ckpt["agent"])
+        recorder = None
+        if cfg.video and int(cfg.video_episodes) > 0:
+            recorder = EpisodeRecorder(env, out, min(int(cfg.video_episodes), episodes), int(cfg.video_size),
+                                       int(cfg.video_fps))
+        try:
+            res = run_episodes(env, agent_policy(agent, precision.device), episodes, on_step=recorder)
+        finally:
+            if recorder is not None:
+                recorder.close()
+    for i, (ret, length) in enumerate(zip(res.returns, res.lengths)):
+        print(f"episode {i:3d}: return {ret:8.2f}  ({length} steps)")
+    print(f"{settings.task_id} {settings.obs_type}: return {res.mean:.2f} ± {res.std:.2f} over {episodes} episodes")
+    summary = {
+        "env": settings.name, "task_id": settings.task_id, "obs": settings.obs_type, "render": settings.render,
+        "checkpoint": str(ckpt["path"]), "checkpoint_frame": int(ckpt["counters"]["frame"]), "seed": seed,
+        "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
+        "videos": [p.name for p in (recorder.paths if recorder else [])],
+    }
+    tmp = out / ".eval.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "eval.json")
+    if cfg.plot:
+        from pixel_ddpg.plot import plot_runs
+
+        summary["plot"] = str(plot_runs([ckpt_io.run_dir_of(ckpt["path"])], out / "curve.png"))
+    print(f"wrote {out / 'eval.json'}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
+    return summary
+
+
+main = cli(evaluate, config_name="evaluate")
+
+if __name__ == "__main__":
+    main()

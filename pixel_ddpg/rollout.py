@@ -1,0 +1,76 @@
+"""Running whole episodes with a fixed policy: evaluation during training and the evaluate command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from envs import EnvStep, VecEnv
+
+Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs, first) -> actions
+
+
+@dataclass
+class EpisodeResults:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # agent steps
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns)) if self.returns else float("nan")
+
+
+def agent_policy(agent: object, device: torch.device) -> Policy:
+    """Deterministic actions from the agent (no noise, batch-norm running statistics)."""
+
+    def act(obs: np.ndarray, first: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            action = agent.act(torch.as_tensor(obs, device=device), explore=False)  # type: ignore[attr-defined]
+        return action.float().cpu().numpy()
+
+    return act
+
+
+def run_episodes(env: VecEnv, policy: Policy, episodes: int,
+                 on_step: Callable[[EnvStep, np.ndarray], None] | None = None) -> EpisodeResults:
+    """Run ``episodes`` whole episodes over the env batch (env i runs its share in turn).
+
+    Returns are in (round, env) order, so they do not favour short episodes. ``on_step``
+    sees every step and the running returns (for videos).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes={episodes} must be at least 1")
+    n = env.spec.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    per_env: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    ep_return = np.zeros(n, np.float64)
+    ep_length = np.zeros(n, np.int64)
+    step = env.reset()
+    if on_step is not None:
+        on_step(step, ep_return)
+    while any(len(per_env[i]) < quota[i] for i in range(n)):
+        step = env.step(policy(step.obs, step.first))
+        live = ~step.first
+        ep_return[live] += step.reward[live]
+        ep_length[live] += 1
+        if on_step is not None:
+            on_step(step, ep_return)
+        for i in np.flatnonzero(step.last):
+            if len(per_env[i]) < quota[i]:
+                per_env[i].append((float(ep_return[i]), int(ep_length[i])))
+        ep_return[step.last] = 0.0
+        ep_length[step.last] = 0
+    results = EpisodeResults()
+    for r in range(int(quota.max())):
+        for i in range(n):
+            if r < len(per_env[i]):
+                results.returns.append(per_env[i][r][0])
+                results.lengths.append(per_env[i][r][1])
+    return results

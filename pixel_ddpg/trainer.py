@@ -1,0 +1,286 @@
+"""The training loop: act → step → store → update → evaluate → log → checkpoint.
+
+The benchmark drives this same class for its end-to-end figure; evaluation reuses
+:mod:`pixel_ddpg.rollout`. Nothing here reads a default: every number comes from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from envs import EnvSettings, EnvStep, VecEnv, make_env
+from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg.agent import make_agent
+from pixel_ddpg.config import UserError
+from pixel_ddpg.device import Precision, resolve_precision
+from pixel_ddpg.replay import ReplayBuffer, make_replay
+from pixel_ddpg.rollout import agent_policy, run_episodes
+from pixel_ddpg.runlog import RunLog
+
+EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episodes
+
+
+def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
+    """What a checkpoint's networks depend on in the env: refuse a checkpoint when it differs."""
+    return {"task_id": settings.task_id, "obs_type": settings.obs_type, "obs_shape": list(spec.obs_shape),
+            "action_dim": spec.action_dim, "action_repeat": settings.action_repeat,
+            "frame_stack": settings.frame_stack, "render": settings.render, "camera_id": settings.camera_id}
+
+
+def check_counts(cfg: DictConfig) -> None:
+    for key in ("total_frames", "eval.every_frames", "eval.episodes", "eval.num_envs", "log.every_frames",
+                "checkpoint.every_frames"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"{key}={value} must be a positive whole number")
+    for key in ("warmup_frames",):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{key}={value} must be zero or a positive whole number")
+    if not float(cfg.utd_ratio) > 0:
+        raise UserError(f"utd_ratio={cfg.utd_ratio} must be positive")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclasses.dataclass
+class Counters:
+    frame: int = 0  # env frames: agent steps x action repeat, summed over envs
+    step: int = 0  # vector steps (each one agent step of every env)
+    episodes: int = 0
+    updates: int = 0
+    update_credit: float = 0.0  # fractional updates owed by the update-to-data ratio
+    best_return: float = -math.inf
+    wall_s: float = 0.0
+    next_eval: int = 0
+    next_log: int = 0
+    next_checkpoint: int = 0
+
+
+class Trainer:
+    """One training run in ``run_dir``; ``resume`` continues a checkpoint of the same run."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> None:
+        check_counts(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
+        self.device = self.precision.device
+        self.counters = Counters() if resume is None else Counters(**resume["counters"])
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        # EnvPool's episodes cannot be saved; a resumed run starts fresh episodes on a new seed.
+        env_seed = (cfg.seed + self.counters.frame) % 2**31
+        self.settings = EnvSettings.from_config(cfg, seed=env_seed)
+        self.env: VecEnv = make_env(self.settings)
+        self.spec = self.env.spec
+        self.frames_per_step = self.spec.num_envs * self.spec.action_repeat
+        self.env_sig = env_signature(self.settings, self.spec)
+        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed)
+        self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
+        self.batch_size = int(self.agent.batch_size)
+        self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
+        self.eval_env: VecEnv | None = None
+        if resume is not None:
+            self._restore(resume)
+        else:
+            c = self.counters
+            c.next_eval, c.next_log, c.next_checkpoint = 0, int(cfg.log.every_frames), int(cfg.checkpoint.every_frames)
+        self.log = RunLog(self.run_dir, total_frames=int(cfg.total_frames),
+                          resume_frame=self.counters.frame if resume is not None else None,
+                          tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress)
+        self._stop_signal: int | None = None
+        self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
+
+    # ------------------------------------------------------------------ checkpoints
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        path = ckpt["path"]
+        ckpt_io.check_signature("env", ckpt["env_signature"], self.env_sig, path)
+        ckpt_io.check_signature("network", ckpt["agent_signature"], self.agent.config_signature(), path)
+        self.agent.load_state_dict(ckpt["agent"])
+        if ckpt.get("replay") is not None:
+            self.replay.load_state_dict(ckpt["replay"])
+        set_rng_state(ckpt["rng"])
+        self.rng.bit_generator.state = ckpt["np_generator"]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        save_replay = bool(self.cfg.replay.save_in_checkpoint)
+        return {
+            "format": ckpt_io.FORMAT,
+            "version": ckpt_io.VERSION,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "env_signature": self.env_sig,
+            "agent_signature": self.agent.config_signature(),
+            "agent": self.agent.state_dict(),
+            "replay": self.replay.state_dict() if save_replay else None,
+            "counters": dataclasses.asdict(self.counters),
+            "rng": rng_state(),
+            "np_generator": self.rng.bit_generator.state,
+            "torch_version": torch.__version__,
+        }
+
+    def save(self, best: bool = False) -> Path:
+        path = self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.LAST
+        state = self.checkpoint_state()
+        ckpt_io.save_atomic(state, path)
+        if best:
+            ckpt_io.save_atomic(state, path.with_name(ckpt_io.BEST))
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def _actions(self, step: EnvStep) -> np.ndarray:
+        if self.counters.frame < int(self.cfg.warmup_frames):
+            low, high = self.spec.action_low, self.spec.action_high
+            return self.rng.uniform(low, high, size=(self.spec.num_envs, self.spec.action_dim)).astype(np.float32)
+        obs = torch.as_tensor(step.obs, device=self.device)
+        first = torch.as_tensor(step.first, device=self.device)
+        with torch.no_grad():
+            action = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
+        return action.float().cpu().numpy()
+
+    def _updates_due(self) -> int:
+        if len(self.replay) < self.learning_starts:
+            return 0
+        c = self.counters
+        c.update_credit += float(self.cfg.utd_ratio) * self.spec.num_envs
+        n = int(c.update_credit)
+        c.update_credit -= n
+        return n
+
+    def _update(self, n: int) -> dict[str, torch.Tensor] | None:
+        metrics = None
+        for _ in range(n):
+            metrics = self.agent.update(self.replay.sample(self.batch_size), frame=self.counters.frame)
+        self.counters.updates += n
+        return metrics
+
+    def evaluate(self) -> float:
+        if self.eval_env is None:
+            eval_settings = dataclasses.replace(self.settings, num_envs=int(self.cfg.eval.num_envs),
+                                                seed=(self.cfg.seed + EVAL_SEED_OFFSET) % 2**31)
+            self.eval_env = make_env(eval_settings)
+        res = run_episodes(self.eval_env, agent_policy(self.agent, self.device), int(self.cfg.eval.episodes))
+        c = self.counters
+        row = {"frame": c.frame, "step": c.step, "return_mean": res.mean, "return_std": res.std,
+               "episodes": len(res.returns), "length_mean": float(np.mean(res.lengths)), "wall_s": c.wall_s}
+        self.log.eval.write(row)
+        self.log.scalars("eval", row, c.frame)
+        self.log.progress.write(f"eval @ {c.frame:,} frames: return {res.mean:.1f} ± {res.std:.1f} "
+                                f"over {len(res.returns)} episodes")
+        self._last_eval = res.mean
+        return res.mean
+
+    def _handle_signal(self, signum: int, frame: object) -> None:
+        self._stop_signal = signum
+
+    def train(self) -> dict[str, Any]:
+        """Run until ``total_frames``; on SIGINT/SIGTERM save a checkpoint and stop cleanly."""
+        cfg, c = self.cfg, self.counters
+        total = int(cfg.total_frames)
+        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        use_async = bool(cfg.async_env)
+        ep_return = np.zeros(self.spec.num_envs, np.float64)
+        finished: list[float] = []
+        metrics: dict[str, torch.Tensor] | None = None
+        window_start, window_frame = time.perf_counter(), c.frame
+        started = time.perf_counter() - c.wall_s
+        try:
+            step = self.env.reset()
+            self.replay.add(step, None)
+            while c.frame < total and self._stop_signal is None:
+                if c.frame >= c.next_eval:
+                    score = self.evaluate()
+                    c.next_eval += int(cfg.eval.every_frames)
+                    if score > c.best_return:
+                        c.best_return = score
+                        if cfg.checkpoint.keep_best:
+                            self.save(best=True)
+                action = self._actions(step)
+                n_updates = self._updates_due()
+                if use_async:
+                    self.env.step_async(action)  # EnvPool steps in its threads while we update
+                    metrics = self._update(n_updates) or metrics
+                    step = self.env.step_wait()
+                else:
+                    step = self.env.step(action)
+                    metrics = self._update(n_updates) or metrics
+                self.replay.add(step, action)
+                live = ~step.first
+                ep_return[live] += step.reward[live]
+                for i in np.flatnonzero(step.last):
+                    finished.append(float(ep_return[i]))
+                ep_return[step.last] = 0.0
+                c.episodes += int(step.last.sum())
+                c.step += 1
+                c.frame += self.frames_per_step
+                c.wall_s = time.perf_counter() - started
+                if c.frame >= c.next_log:
+                    now = time.perf_counter()
+                    fps = (c.frame - window_frame) / max(now - window_start, 1e-9)
+                    self._log_train(metrics, finished, fps)
+                    finished = []
+                    window_start, window_frame = now, c.frame
+                    c.next_log += int(cfg.log.every_frames)
+                if c.frame >= c.next_checkpoint:
+                    self.save()
+                    c.next_checkpoint += int(cfg.checkpoint.every_frames)
+                self.log.progress.update(c.frame, eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
+            interrupted = self._stop_signal is not None
+            if not interrupted:
+                score = self.evaluate()
+                if score > c.best_return:
+                    c.best_return = score
+                    if cfg.checkpoint.keep_best:
+                        self.save(best=True)
+            path = self.save()
+            if interrupted:
+                name = signal.Signals(self._stop_signal).name
+                self.log.progress.write(f"{name}: stopped at {c.frame:,} frames; checkpoint {path}; "
+                                        f"continue with resume={self.run_dir}")
+            return {"frame": c.frame, "interrupted": interrupted, "checkpoint": path, "signal": self._stop_signal}
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.close()
+
+    def _log_train(self, metrics: dict[str, torch.Tensor] | None, finished: list[float], fps: float) -> None:
+        c = self.counters
+        row: dict[str, Any] = {"frame": c.frame, "step": c.step, "episodes": c.episodes, "updates": c.updates,
+                               "fps": fps, "wall_s": c.wall_s,
+                               "episode_return": float(np.mean(finished)) if finished else float("nan")}
+        if metrics is not None:  # the only place a device value is read back
+            row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
+        self.log.train.write(row)
+        self.log.scalars("train", row, c.frame)
+
+    def close(self) -> None:
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
+            self.eval_env = None
+        self.log.close()

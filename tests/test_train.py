@@ -1,0 +1,141 @@
+"""`python -m pixel_ddpg.train`: a Hydra smoke run trains, logs, checkpoints, stops and resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pixel_ddpg import checkpoint as ckpt_io
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "env=cartpole_balance", "env.episode_sim_steps=30", "num_envs=2", "render=fast", "obs.image_size=16",
+    "compile=false", "amp=false", "device=cpu", "warmup_frames=30", "eval.every_frames=120", "eval.episodes=2",
+    "eval.num_envs=2", "log.every_frames=30", "checkpoint.every_frames=60", "agent.batch_size=8",
+    "agent.state_batch_size=16", "replay.capacity=5000",
+]
+
+
+def train(run_dir: Path, *overrides: str, check: bool = True, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.train", *TINY, f"hydra.run.dir={run_dir}", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def frames(path: Path) -> list[int]:
+    return [int(r["frame"]) for r in rows(path)]
+
+
+@pytest.mark.parametrize("obs,total", [("state", 240), ("pixels", 360)])
+def test_smoke_run_writes_logs_events_and_checkpoint(tmp_path, obs, total):
+    run = tmp_path / obs
+    train(run, f"obs={obs}", f"total_frames={total}")
+    evals = rows(run / "eval.csv")
+    assert [int(r["frame"]) for r in evals] == list(range(0, total + 1, 120))
+    for r in evals:
+        assert int(r["episodes"]) == 2 and r["return_mean"] != "" and float(r["wall_s"]) >= 0
+    train_rows = rows(run / "train.csv")
+    assert train_rows and all(r["fps"] for r in train_rows)
+    assert any(r["critic_loss"] for r in train_rows), "updates should have started after the warm-up"
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").exists()
+    ckpt = ckpt_io.load(run)
+    assert ckpt["counters"]["frame"] == total
+    assert (run / "checkpoints" / "best.pt").exists()
+
+
+def test_resume_continues_counters_without_duplicate_rows(tmp_path):
+    run = tmp_path / "run"
+    train(run, "obs=state", "total_frames=180")
+    first = ckpt_io.load(run)["counters"]
+    proc = train(tmp_path / "ignored", "resume=" + str(run), "total_frames=360")
+    assert str(run) in proc.stdout
+    ckpt = ckpt_io.load(run)
+    assert ckpt["counters"]["frame"] == 360 and ckpt["counters"]["updates"] > first["updates"]
+    for name in ("train.csv", "eval.csv"):
+        f = frames(run / name)
+        assert f == sorted(set(f)), f"{name} has duplicated or unordered rows: {f}"
+    assert frames(run / "eval.csv") == [0, 120, 240, 360]
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_sigint_leaves_a_loadable_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pixel_ddpg.train", *TINY, "obs=state", "total_frames=10000000",
+           "checkpoint.every_frames=10000000", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run / "train.csv").exists() or len(rows(run / "train.csv")) < 2:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out + err
+    assert "resume=" in out + err
+    ckpt = ckpt_io.load(run)
+    assert 0 < ckpt["counters"]["frame"] < 10000000
+
+
+def test_same_seed_gives_identical_first_losses(tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        train(tmp_path / name, "obs=state", "total_frames=120", "seed=3")
+        r = next(r for r in rows(tmp_path / name / "train.csv") if r["critic_loss"])
+        losses.append((r["critic_loss"], r["actor_loss"]))
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["total_frames=0"], "total_frames=0 must be a positive"),
+    (["total_frames=-5"], "total_frames=-5 must be a positive"),
+    (["eval.episodes=0"], "eval.episodes=0 must be a positive"),
+    (["device=cuda"], "no CUDA GPU"),
+    (["resume=/nonexistent/run"], "does not exist"),
+    (["env=nope"], "env='nope' is not known"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, overrides, needle):
+    if "device=cuda" in overrides and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = train(tmp_path / "run", "obs=state", *overrides, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "train.csv").exists()
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = train(tmp_path / "r1", "obs=state", f"resume={bad}", check=False)
+    assert proc.returncode == 2 and "not a readable pixel_ddpg checkpoint" in proc.stderr
+    run = tmp_path / "run"
+    train(run, "obs=state", "total_frames=60")
+    before = (run / "train.csv").read_text()
+    proc = train(tmp_path / "r2", "obs=state", "env=walker", f"resume={run}", check=False)
+    assert proc.returncode == 2 and "cannot resume" in proc.stderr and "env" in proc.stderr
+    assert (run / "train.csv").read_text() == before
+
+
+def test_unwritable_run_dir_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        target = Path("/proc/pixel_ddpg_cannot_write_here")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "run"
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.train", *TINY, "obs=state", f"hydra.run.dir={target}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not writable" in proc.stderr, proc.stderr
