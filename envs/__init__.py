@@ -3,9 +3,13 @@
 Importing this package loads the system EGL first, so envpool can render headless.
 """
 
+import logging
+
 from envs.egl import preload_egl
 
 preload_egl()
+# PyOpenGL (pulled in by EnvPool's render helpers) logs an INFO line on import; not news.
+logging.getLogger("OpenGL").setLevel(logging.WARNING)
 
 from envs.errors import ConfigError, EGLUnavailable  # noqa: E402
 from envs.pool import EnvSpec, EnvStep, VecEnv, make_env  # noqa: E402

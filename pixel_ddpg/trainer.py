@@ -198,52 +198,62 @@ class Trainer:
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
 
+    def start(self) -> None:
+        """Reset the envs and store their first observations; the loop begins here."""
+        self._step = self.env.reset()
+        self.replay.add(self._step, None)
+        self._ep_return = np.zeros(self.spec.num_envs, np.float64)
+        self._finished: list[float] = []
+        self._metrics: dict[str, torch.Tensor] | None = None
+
+    def iteration(self) -> None:
+        """One agent step of every env, with the updates it is owed: act → step → store → update."""
+        c = self.counters
+        action = self._actions(self._step)
+        n_updates = self._updates_due()
+        if bool(self.cfg.async_env):
+            self.env.step_async(action)  # EnvPool steps in its threads while we update
+            self._metrics = self._update(n_updates) or self._metrics
+            step = self.env.step_wait()
+        else:
+            step = self.env.step(action)
+            self._metrics = self._update(n_updates) or self._metrics
+        self.replay.add(step, action)
+        live = ~step.first
+        self._ep_return[live] += step.reward[live]
+        self._finished.extend(float(r) for r in self._ep_return[step.last])
+        self._ep_return[step.last] = 0.0
+        c.episodes += int(step.last.sum())
+        c.step += 1
+        c.frame += self.frames_per_step
+        self._step = step
+
+    def _maybe_evaluate(self) -> None:
+        c = self.counters
+        score = self.evaluate()
+        if score > c.best_return:
+            c.best_return = score
+            if self.cfg.checkpoint.keep_best:
+                self.save(best=True)
+
     def train(self) -> dict[str, Any]:
         """Run until ``total_frames``; on SIGINT/SIGTERM save a checkpoint and stop cleanly."""
         cfg, c = self.cfg, self.counters
         total = int(cfg.total_frames)
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        use_async = bool(cfg.async_env)
-        ep_return = np.zeros(self.spec.num_envs, np.float64)
-        finished: list[float] = []
-        metrics: dict[str, torch.Tensor] | None = None
         window_start, window_frame = time.perf_counter(), c.frame
         started = time.perf_counter() - c.wall_s
         try:
-            step = self.env.reset()
-            self.replay.add(step, None)
+            self.start()
             while c.frame < total and self._stop_signal is None:
                 if c.frame >= c.next_eval:
-                    score = self.evaluate()
+                    self._maybe_evaluate()
                     c.next_eval += int(cfg.eval.every_frames)
-                    if score > c.best_return:
-                        c.best_return = score
-                        if cfg.checkpoint.keep_best:
-                            self.save(best=True)
-                action = self._actions(step)
-                n_updates = self._updates_due()
-                if use_async:
-                    self.env.step_async(action)  # EnvPool steps in its threads while we update
-                    metrics = self._update(n_updates) or metrics
-                    step = self.env.step_wait()
-                else:
-                    step = self.env.step(action)
-                    metrics = self._update(n_updates) or metrics
-                self.replay.add(step, action)
-                live = ~step.first
-                ep_return[live] += step.reward[live]
-                for i in np.flatnonzero(step.last):
-                    finished.append(float(ep_return[i]))
-                ep_return[step.last] = 0.0
-                c.episodes += int(step.last.sum())
-                c.step += 1
-                c.frame += self.frames_per_step
+                self.iteration()
                 c.wall_s = time.perf_counter() - started
                 if c.frame >= c.next_log:
                     now = time.perf_counter()
-                    fps = (c.frame - window_frame) / max(now - window_start, 1e-9)
-                    self._log_train(metrics, finished, fps)
-                    finished = []
+                    self._log_train((c.frame - window_frame) / max(now - window_start, 1e-9))
                     window_start, window_frame = now, c.frame
                     c.next_log += int(cfg.log.every_frames)
                 if c.frame >= c.next_checkpoint:
@@ -252,11 +262,7 @@ class Trainer:
                 self.log.progress.update(c.frame, eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
             interrupted = self._stop_signal is not None
             if not interrupted:
-                score = self.evaluate()
-                if score > c.best_return:
-                    c.best_return = score
-                    if cfg.checkpoint.keep_best:
-                        self.save(best=True)
+                self._maybe_evaluate()
             path = self.save()
             if interrupted:
                 name = signal.Signals(self._stop_signal).name
@@ -268,8 +274,8 @@ class Trainer:
                 signal.signal(s, handler)
             self.close()
 
-    def _log_train(self, metrics: dict[str, torch.Tensor] | None, finished: list[float], fps: float) -> None:
-        c = self.counters
+    def _log_train(self, fps: float) -> None:
+        c, metrics, finished = self.counters, self._metrics, self._finished
         row: dict[str, Any] = {"frame": c.frame, "step": c.step, "episodes": c.episodes, "updates": c.updates,
                                "fps": fps, "wall_s": c.wall_s,
                                "episode_return": float(np.mean(finished)) if finished else float("nan")}
@@ -277,6 +283,7 @@ class Trainer:
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
         self.log.train.write(row)
         self.log.scalars("train", row, c.frame)
+        self._finished = []
 
     def close(self) -> None:
         self.env.close()

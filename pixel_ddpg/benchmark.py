@@ -1,0 +1,408 @@
+"""`python -m pixel_ddpg.benchmark out=results.json`: how fast, on this machine, against naive.
+
+Every stage uses the project's own pieces (envs, replay, agent, the trainer's loop) and is
+timed as the median of ``repeats`` runs after untimed warm-up calls. The naive baseline
+(:mod:`pixel_ddpg.baseline`) runs in the same process, on the same task and image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from envs import EnvSettings, EnvStep, VecEnv, make_env
+from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
+from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.device import Precision, resolve_precision
+from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
+
+VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_bf16": (torch.bfloat16, True)}
+STAGES = ("env_state", "env_pixels", "replay", "update", "act", "end_to_end", "baseline")
+
+
+@dataclasses.dataclass
+class Timer:
+    repeats: int
+    warmup: int
+    device: torch.device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def rate(self, fn: Callable[[], object], items: float, unit: str) -> dict[str, Any]:
+        """Median items/s of ``fn`` over the repeats, after ``warmup`` untimed calls."""
+        for _ in range(self.warmup):
+            fn()
+        self.sync()
+        rates = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            fn()
+            self.sync()
+            rates.append(items / (time.perf_counter() - t0))
+        return {"median": statistics.median(rates), "runs": rates, "unit": unit}
+
+
+def machine_info() -> dict[str, Any]:
+    import envpool
+    import mujoco
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "envpool": envpool.__version__,
+            "mujoco": mujoco.__version__}
+
+
+def _random_actions(env: VecEnv, rng: np.random.Generator) -> np.ndarray:
+    s = env.spec
+    return rng.uniform(s.action_low, s.action_high, size=(s.num_envs, s.action_dim))
+
+
+def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    with make_env(settings) as env:
+        env.reset()
+
+        def run() -> None:
+            for _ in range(steps):
+                env.step(_random_actions(env, rng))
+
+        frames = steps * env.spec.num_envs * env.spec.action_repeat
+        return timer.rate(run, frames, "frames/s")
+
+
+def _synthetic_steps(spec: Any, count: int, seed: int) -> list[tuple[EnvStep, np.ndarray]]:
+    """Random observations with episode boundaries, to fill buffers without rendering."""
+    rng = np.random.default_rng(seed)
+    n, out = spec.num_envs, []
+    for t in range(count):
+        if spec.pixels:
+            obs = rng.integers(0, 256, size=(n, *spec.obs_shape), dtype=np.uint8)
+        else:
+            obs = rng.standard_normal((n, *spec.obs_shape)).astype(np.float32)
+        k = t % (spec.episode_agent_steps + 1)
+        step = EnvStep(obs=obs, reward=rng.random(n).astype(np.float32), terminated=np.zeros(n, bool),
+                       truncated=np.full(n, k == spec.episode_agent_steps), first=np.full(n, k == 0))
+        out.append((step, rng.uniform(-1, 1, (n, spec.action_dim)).astype(np.float32)))
+    return out
+
+
+class Benchmark:
+    """Runs the configured stages; results accumulate in ``self.results``."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        if cfg.quick:
+            cfg = OmegaConf.merge(cfg, {k: v for k, v in cfg.quick_settings.items()})
+            self.cfg = cfg
+        unknown = [s for s in cfg.stages if s not in STAGES]
+        unknown += [v for v in cfg.update_variants if v not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown stage or update variant {unknown}; stages: {list(STAGES)}, variants: {list(VARIANTS)}")
+        if int(cfg.repeats) < 1 or int(cfg.steps) < 1:
+            raise UserError(f"repeats={cfg.repeats} and steps={cfg.steps} must be at least 1")
+        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
+        self.device = self.precision.device
+        self.timer = Timer(int(cfg.repeats), int(cfg.warmup_steps), self.device)
+        self.steps = int(cfg.steps)
+        self.settings = EnvSettings.from_config(cfg)
+        self.results: dict[str, Any] = {"machine": machine_info(), "config": OmegaConf.to_container(cfg, resolve=True),
+                                        "stages": {}}
+        with make_env(dataclasses.replace(self.settings, num_envs=1)) as probe:
+            self.spec = dataclasses.replace(probe.spec, num_envs=self.settings.num_envs)
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        return self.results["stages"]
+
+    def batch_size(self, agent: Any) -> int:
+        return int(self.cfg.batch_size) if self.cfg.batch_size else int(agent.batch_size)
+
+    def _agent(self, precision: Precision, spec: Any = None) -> Any:
+        from pixel_ddpg.agent import make_agent
+
+        return make_agent(self.cfg.agent, spec or self.spec, precision, int(self.cfg.seed))
+
+    def _filled_replay(self) -> ReplayBuffer:
+        cap = max(int(self.cfg.replay_capacity), 64 * self.spec.num_envs)
+        replay = ReplayBuffer(self.spec, cap, self.device, nstep=int(self.cfg.agent.nstep),
+                              gamma=float(self.cfg.agent.gamma), seed=int(self.cfg.seed), verbose=False)
+        steps = _synthetic_steps(self.spec, cap // self.spec.num_envs + 1, int(self.cfg.seed))
+        replay.add(steps[0][0], None)
+        for st, a in steps[1:]:
+            replay.add(st, a)
+        return replay
+
+    # ------------------------------------------------------------------ stages
+    def env_state(self) -> None:
+        s = dataclasses.replace(self.settings, obs_type="state", image_size=0, action_repeat=1, render_substeps=False,
+                                frame_stack=1)
+        r = _env_rate(s, self.timer, self.steps * 10)
+        r["unit"] = "env steps/s"
+        self.stages["env_state"] = r
+
+    def env_pixels(self, num_envs: int | None = None) -> dict[str, Any]:
+        out = {}
+        for profile in ("standard", "fast"):
+            s = dataclasses.replace(self.settings, render=profile, num_envs=num_envs or self.settings.num_envs)
+            out[profile] = _env_rate(s, self.timer, self.steps)
+        if num_envs is None:
+            self.stages["env_pixels"] = out
+        return out
+
+    def replay(self) -> None:
+        replay = self._filled_replay()
+        batch = int(self.cfg.batch_size or (self.cfg.agent.batch_size if self.spec.pixels else self.cfg.agent.state_batch_size))
+        adds = _synthetic_steps(self.spec, self.steps, 1)
+
+        def add() -> None:
+            for st, a in adds:
+                replay.add(st, a)
+
+        def sample() -> None:
+            for _ in range(self.steps):
+                replay.sample(batch)
+
+        n = self.spec.num_envs
+        naive = NaiveReplay(self.spec, int(self.cfg.naive_replay_capacity), int(self.cfg.seed))
+        one = dataclasses.replace(self.spec, num_envs=1)
+        for st, a in _synthetic_steps(one, int(self.cfg.naive_replay_capacity), 2):
+            naive.add(st.obs[0], a[0], float(st.reward[0]), st.obs[0], False)
+
+        def naive_sample() -> None:
+            for _ in range(self.steps):
+                naive.sample(batch, self.device, float(self.cfg.agent.gamma))
+
+        self.stages["replay"] = {
+            "batch_size": batch,
+            "add": self.timer.rate(add, self.steps * n, "transitions/s"),
+            "sample": self.timer.rate(sample, self.steps * batch, "transitions/s"),
+            "naive_sample": self.timer.rate(naive_sample, self.steps * batch, "transitions/s"),
+            "bytes_per_transition": bytes_per_transition(self.spec),
+            "naive_bytes_per_transition": NaiveReplay.bytes_per_transition(self.spec),
+            "new_frame_bytes": int(np.prod(self.spec.frame_shape)) * (1 if self.spec.pixels else 4),
+        }
+
+    def update(self, batch_size: int | None = None) -> dict[str, Any]:
+        replay = self._filled_replay()
+        out = {}
+        for name in self.cfg.update_variants:
+            amp, compiled = VARIANTS[name]
+            agent = self._agent(Precision(self.device, amp, compiled))
+            b = batch_size or self.batch_size(agent)
+            batches = [replay.sample(b) for _ in range(self.steps)]
+
+            def run() -> None:
+                for batch in batches:
+                    agent.update(batch)
+
+            out[name] = self.timer.rate(run, self.steps, "updates/s")
+            out[name]["batch_size"] = b
+        if batch_size is None:
+            self.stages["update"] = out
+        return out
+
+    def act(self) -> None:
+        agent = self._agent(self.precision)
+        obs = torch.as_tensor(_synthetic_steps(self.spec, 1, 3)[0][0].obs, device=self.device)
+
+        def run() -> None:
+            with torch.no_grad():
+                for _ in range(self.steps):
+                    agent.act(obs, explore=True)
+
+        self.stages["act"] = self.timer.rate(run, self.steps * self.spec.num_envs, "env steps/s")
+
+    def end_to_end(self, num_envs: int | None = None) -> dict[str, Any]:
+        from pixel_ddpg.trainer import Trainer
+
+        cfg = self.cfg.copy()
+        overrides = {"warmup_frames": 0, "log": {"tensorboard": False, "progress": False},
+                     "replay": {"capacity": int(self.cfg.replay_capacity)}}
+        if num_envs is not None:
+            overrides["num_envs"] = num_envs
+        cfg = OmegaConf.merge(cfg, overrides)
+        with tempfile.TemporaryDirectory(prefix="pixel_ddpg-bench-") as tmp:
+            trainer = Trainer(cfg, Path(tmp))
+            try:
+                trainer.start()
+                while trainer.counters.updates == 0:  # fill until updates run, then time the steady state
+                    trainer.iteration()
+
+                def run() -> None:
+                    for _ in range(self.steps):
+                        trainer.iteration()
+
+                r = self.timer.rate(run, self.steps * trainer.frames_per_step, "frames/s")
+                r.update(num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
+                         amp=str(trainer.precision.amp_dtype), compile=trainer.precision.compile,
+                         async_env=bool(cfg.async_env))
+            finally:
+                trainer.close()
+        if num_envs is None:
+            self.stages["end_to_end"] = r
+        return r
+
+    def baseline(self) -> None:
+        one = dataclasses.replace(self.settings, num_envs=1)
+        with make_env(one) as env:
+            agent = self._agent(Precision(self.device, None, False), env.spec)
+            b = self.batch_size(agent)
+            replay = NaiveReplay(env.spec, int(self.cfg.naive_replay_capacity), int(self.cfg.seed))
+            loop = NaiveLoop(env, agent, replay, b, float(self.cfg.agent.gamma), self.device, int(self.cfg.seed))
+            while replay.size < b:
+                loop.step(explore_random=True)
+
+            def run() -> None:
+                for _ in range(self.steps):
+                    loop.step()
+
+            r = self.timer.rate(run, self.steps * env.spec.action_repeat, "frames/s")
+        r.update(batch_size=b, bytes_per_transition=NaiveReplay.bytes_per_transition(env.spec))
+        self.stages["baseline"] = {"end_to_end": r}
+
+    def sweep(self) -> None:
+        sw = self.cfg.sweep
+        out: dict[str, Any] = {}
+        if sw.num_envs:
+            out["num_envs"] = {int(n): {"env_pixels": self.env_pixels(int(n)), "end_to_end": self.end_to_end(int(n))}
+                               for n in sw.num_envs}
+        if sw.batch_sizes:
+            out["batch_size"] = {int(b): self.update(int(b)) for b in sw.batch_sizes}
+        if out:
+            self.results["sweep"] = out
+
+    def speedups(self) -> dict[str, float]:
+        s, out = self.stages, {}
+        base = s.get("baseline", {}).get("end_to_end")
+        if base and "end_to_end" in s:
+            out["end_to_end"] = s["end_to_end"]["median"] / base["median"]
+        if "replay" in s:
+            r = s["replay"]
+            out["replay_sample"] = r["sample"]["median"] / r["naive_sample"]["median"]
+            out["replay_bytes"] = r["naive_bytes_per_transition"] / r["bytes_per_transition"]
+        if "update" in s and "eager_fp32" in s["update"]:
+            best = max(v["median"] for v in s["update"].values())
+            out["update_best_vs_eager_fp32"] = best / s["update"]["eager_fp32"]["median"]
+        if "env_pixels" in s:
+            out["env_fast_vs_standard"] = s["env_pixels"]["fast"]["median"] / s["env_pixels"]["standard"]["median"]
+        return out
+
+    def run(self) -> dict[str, Any]:
+        for stage in self.cfg.stages:
+            t0 = time.perf_counter()
+            getattr(self, stage)()
+            print(f"  {stage:<11} done in {time.perf_counter() - t0:5.1f} s", flush=True)
+        self.sweep()
+        self.results["speedup"] = self.speedups()
+        return self.results
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures a person reads, one line each."""
+    lines, s = [], results["stages"]
+
+    def row(name: str, r: dict[str, Any]) -> None:
+        lines.append(f"{name:<34} {r['median']:>12,.1f} {r['unit']}")
+
+    if "env_state" in s:
+        row("env state", s["env_state"])
+    for profile, r in s.get("env_pixels", {}).items():
+        row(f"env pixels ({profile})", r)
+    if "replay" in s:
+        r = s["replay"]
+        for k in ("add", "sample", "naive_sample"):
+            row(f"replay {k} (batch {r['batch_size']})" if k != "add" else "replay add", r[k])
+        lines.append(f"{'replay bytes/transition':<34} {r['bytes_per_transition']:>12,} (naive {r['naive_bytes_per_transition']:,}; "
+                     f"new frame {r['new_frame_bytes']:,})")
+    for name, r in s.get("update", {}).items():
+        row(f"update {name} (batch {r['batch_size']})", r)
+    if "act" in s:
+        row("act", s["act"])
+    if "end_to_end" in s:
+        row(f"end to end ({s['end_to_end']['num_envs']} envs)", s["end_to_end"])
+    if "baseline" in s:
+        row("naive baseline end to end (1 env)", s["baseline"]["end_to_end"])
+    for k, v in results.get("speedup", {}).items():
+        lines.append(f"{'speedup ' + k:<34} {v:>12.2f}x")
+    return "\n".join(lines)
+
+
+def plot_sweep(results: dict[str, Any], out: Path) -> Path | None:
+    sweep = results.get("sweep")
+    if not sweep:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("num_envs", "batch_size") if k in sweep]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        xs = sorted(sweep[key])
+        if key == "num_envs":
+            for label, get in (("env pixels (standard)", lambda v: v["env_pixels"]["standard"]["median"]),
+                               ("env pixels (fast)", lambda v: v["env_pixels"]["fast"]["median"]),
+                               ("end to end", lambda v: v["end_to_end"]["median"])):
+                ax.plot(xs, [get(sweep[key][x]) for x in xs], marker="o", label=label)
+            ax.set(xlabel="num_envs", ylabel="frames/s", xscale="log", title="Scaling with envs")
+        else:
+            for variant in sweep[key][xs[0]]:
+                ax.plot(xs, [sweep[key][x][variant]["median"] for x in xs], marker="o", label=variant)
+            ax.set(xlabel="batch size", ylabel="updates/s", xscale="log", title="Updates by batch size")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{results['config']['env']['name']} {results['config']['obs']['type']} on "
+                 f"{results['machine']['gpu'] or results['machine']['cpu']}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main_task(cfg: DictConfig) -> dict[str, Any]:
+    out = Path(str(cfg.out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.with_name(out.name + ".tmp"), "w"):
+            pass
+    except OSError as exc:
+        raise UserError(f"out={out} is not writable ({exc.strerror})") from None
+    bench = Benchmark(cfg)
+    print(f"benchmark: {bench.settings.task_id} {bench.settings.obs_type} {bench.settings.image_size}px, "
+          f"{bench.settings.num_envs} envs, device {bench.device}", flush=True)
+    results = bench.run()
+    plot = cfg.sweep.plot or (str(out.with_suffix(".png")) if results.get("sweep") else None)
+    if plot:
+        results["sweep_plot"] = str(plot_sweep(results, Path(plot)))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out)
+    print(table(results))
+    print(f"wrote {out}")
+    return results
+
+
+main = cli(main_task, config_name="benchmark")
+
+if __name__ == "__main__":
+    main()
