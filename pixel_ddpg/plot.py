@@ -1,0 +1,309 @@
+"""Learning curves: evaluation return against env frames, from the ``eval.csv`` of run dirs.
+
+``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]``
+
+Why argparse and not Hydra: this command takes paths, not a config to compose.
+
+Grouping (``--label-by env``, the default): runs whose configs are equal except for the seed
+are one curve, the mean over seeds on a common frame grid with a shaded min–max band across
+seeds. A run's config is its ``.hydra/config.yaml`` (else the ``config.yaml`` the trainer
+writes beside it); keys that do not change what is learned (:data:`IGNORED_KEYS`: seed, run
+length, logging, checkpoints, device, threads, compile) are left out of the comparison. A run
+dir with no config is grouped by its name with a trailing ``-seed<N>`` removed (Hydra's
+multirun subdir ``<env>-<obs>-seed<N>``), or else by its parent folder's name (a single run's
+``runs/<env>-<obs>/<time>``). The seeds of a group are compared on the frames that all of them
+reached: a curve stops where its shortest seed stopped. A group of one run is drawn as that
+run's line with its own ±``return_std`` band (the spread over its evaluation episodes).
+``--label-by seed`` and ``--label-by dir`` draw every run on its own (with its ±std band),
+labelled by its group and seed, or by its dir name.
+
+Errors (no ``eval.csv``, an empty or corrupt one, an output that cannot be written) are one
+line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from pixel_ddpg.config import UserError, fail
+
+EVAL_CSV = "eval.csv"
+REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
+CONFIG_FILES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
+# Config keys that do not change what is learned; runs differing only in these (and the seed)
+# are seeds of one configuration.
+IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "compile")
+LABEL_BY = ("env", "seed", "dir")
+FIGSIZE = (8.0, 5.0)  # inches
+DPI = 100  # so the PNG is 800x500 pixels
+_SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
+
+
+@dataclass
+class Run:
+    """One run dir's evaluation curve and what it is a seed of."""
+
+    path: Path
+    frame: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    group: str  # runs with equal groups differ only in seed
+    label: str  # human name of the group, e.g. "cheetah pixels"
+    seed: int | None
+    config: dict[str, Any] | None  # flattened, without IGNORED_KEYS
+
+
+def read_eval_csv(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frame, return_mean, return_std) sorted by frame; a missing std (one episode) is 0."""
+    path = run_dir / EVAL_CSV
+    if not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} " + ("is not a folder" if run_dir.exists() else "does not exist"))
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {EVAL_CSV}; is it a pixel_ddpg run dir that has evaluated at least once?")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            if not header:
+                raise UserError(f"{path} is empty")
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise UserError(f"{path} lacks the column(s) {', '.join(missing)} (has {', '.join(header)})")
+            rows: dict[float, tuple[float, float]] = {}
+            for row in reader:
+                line = reader.line_num
+                frame = _number(row, "frame", path, line)
+                mean = _number(row, "return_mean", path, line)
+                std = _number(row, "return_std", path, line, missing_ok=True)
+                if not math.isfinite(frame) or not math.isfinite(mean):
+                    raise UserError(f"{path} line {line}: frame and return_mean must be finite")
+                rows[frame] = (mean, std if math.isfinite(std) else 0.0)  # a repeated frame: the last row wins
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if not rows:
+        raise UserError(f"{path} has a header but no evaluation rows yet")
+    frames = np.array(sorted(rows), dtype=np.float64)
+    values = np.array([rows[f] for f in frames], dtype=np.float64)
+    return frames, values[:, 0], values[:, 1]
+
+
+def _number(row: dict[str, str | None], key: str, path: Path, line: int, missing_ok: bool = False) -> float:
+    text = row.get(key)
+    if text is None or text.strip() == "":
+        if missing_ok:
+            return math.nan
+        raise UserError(f"{path} line {line}: no value for {key}")
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{path} line {line}: {key} is {text!r}, not a number") from None
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run's composed config as a plain dict, or None if the run dir has none."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for name in CONFIG_FILES:
+        path = run_dir / name
+        if path.is_file():
+            try:
+                cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            except (OSError, ValueError, OmegaConfBaseException) as exc:  # yaml errors are ValueErrors
+                raise UserError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            if not isinstance(cfg, dict):
+                raise UserError(f"{path} is not a config mapping")
+            return cfg
+    return None
+
+
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _flatten(cfg).items() if k.split(".")[0] not in IGNORED_KEYS}
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read one run dir: its curve, its config group, its seed."""
+    frame, mean, std = read_eval_csv(run_dir)
+    cfg = read_config(run_dir)
+    match = _SEED_SUFFIX.match(run_dir.name)
+    if cfg is not None:
+        flat = _comparable(cfg)
+        group = repr(sorted(flat.items()))
+        env, obs = cfg.get("env"), cfg.get("obs")
+        label = f"{env.get('name', '?') if isinstance(env, dict) else '?'} {obs.get('type', '?') if isinstance(obs, dict) else '?'}"
+        seed = cfg.get("seed")
+        seed = int(seed) if isinstance(seed, int) else None
+    else:
+        label = match["name"] if match else run_dir.resolve().parent.name
+        group = f"dir:{label}"
+        seed = int(match["seed"]) if match else None
+        flat = None
+    return Run(run_dir, frame, mean, std, group, label, seed, flat)
+
+
+def _disambiguate(groups: dict[str, list[Run]]) -> dict[str, str]:
+    """Group labels; groups sharing a label (same env and obs) get the config keys that differ."""
+    labels = {g: runs[0].label for g, runs in groups.items()}
+    by_label: dict[str, list[str]] = {}
+    for g, label in labels.items():
+        by_label.setdefault(label, []).append(g)
+    for label, gs in by_label.items():
+        if len(gs) < 2:
+            continue
+        configs = [groups[g][0].config or {} for g in gs]
+        keys = sorted({k for c in configs for k in c})
+        differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+        for g, c in zip(gs, configs):
+            extra = ", ".join(f"{k}={c.get(k)}" for k in differing[:3])
+            labels[g] = f"{label} ({extra})" if extra else f"{label} [{groups[g][0].path.parent.name}]"
+    return labels
+
+
+def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and min/max over seeds, each seed interpolated onto the frames all seeds reached."""
+    lo = max(r.frame[0] for r in runs)
+    hi = min(r.frame[-1] for r in runs)
+    if lo > hi:
+        names = ", ".join(str(r.path) for r in runs)
+        raise UserError(f"the seeds {names} have no frames in common, so they cannot be averaged; plot them with --label-by seed")
+    grid = np.unique(np.concatenate([r.frame for r in runs]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    curves = np.stack([np.interp(grid, r.frame, r.mean) for r in runs])
+    return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+
+def plot_runs(
+    run_dirs: Sequence[Path | str],
+    out: Path | str,
+    label_by: str = "env",
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of evaluation return against env frames for ``run_dirs``; returns ``out``.
+
+    Shared by ``python -m pixel_ddpg.plot`` and the evaluate command. Raises :class:`UserError`
+    for a run dir without a readable ``eval.csv`` or an output that cannot be written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    if label_by not in LABEL_BY:
+        raise UserError(f"label_by={label_by!r} is not one of {', '.join(LABEL_BY)}")
+    if not run_dirs:
+        raise UserError("no run dirs given")
+    seen: set[Path] = set()
+    runs: list[Run] = []
+    for d in map(Path, run_dirs):
+        if d.resolve() not in seen:
+            seen.add(d.resolve())
+            runs.append(load_run(d))
+    out = Path(out)
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    canvas = FigureCanvasAgg(fig)  # Agg explicitly: no pyplot, no global backend switch
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    if fmt not in canvas.get_supported_filetypes():
+        raise UserError(f"cannot write {out}: unknown image type {fmt!r}; use .png")
+    ax = fig.add_subplot()
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    labels = _disambiguate(groups)
+
+    def single(run: Run, label: str, color: str) -> None:
+        marker = "o" if len(run.frame) < 20 else None
+        ax.plot(run.frame, run.mean, color=color, label=label, marker=marker, markersize=3)
+        ax.fill_between(run.frame, run.mean - run.std, run.mean + run.std, color=color, alpha=0.2, linewidth=0)
+
+    if label_by == "env":
+        for color, (g, members) in zip(colors, groups.items()):
+            if len(members) == 1:
+                single(members[0], f"{labels[g]} (±std over episodes)", color)
+                continue
+            grid, mean, low, high = _seed_band(members)
+            marker = "o" if len(grid) < 20 else None
+            ax.plot(grid, mean, color=color, marker=marker, markersize=3,
+                    label=f"{labels[g]} (mean of {len(members)} seeds, min–max)")
+            ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
+    else:
+        names = [r.path.resolve().name for r in runs]
+        for color, r in zip(colors, runs):
+            if label_by == "seed":
+                label = f"{labels[r.group]} seed {r.seed if r.seed is not None else '?'}"
+            else:
+                label = r.path.name if names.count(r.path.resolve().name) == 1 else str(r.path)
+            single(r, label, color)
+
+    envs = sorted({labels[r.group] for r in runs})
+    ax.set_title(title or ("Evaluation return: " + ", ".join(envs) if len(envs) <= 2 else "Evaluation return"))
+    ax.set_xlabel("env frames (agent steps × action repeat)")
+    ax.set_ylabel("episode return (mean over eval episodes)")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # written whole, then renamed: never half a PNG
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: folder {out.parent} cannot be created ({exc.strerror or exc})") from None
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage mistakes as one ``error:`` line and exit code 2, like the other commands."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
+        raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry: ``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png]``."""
+    parser = _Parser(prog="python -m pixel_ddpg.plot", description="Plot evaluation return against env frames.")
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs holding eval.csv")
+    parser.add_argument("--out", type=Path, default=Path("curve.png"), help="image to write (default: curve.png)")
+    parser.add_argument("--label-by", choices=LABEL_BY, default="env",
+                        help="env: seeds of one config as mean and min-max band; seed/dir: every run on its own")
+    parser.add_argument("--title", default=None, help="figure title")
+    args = parser.parse_args(argv)
+    try:
+        out = plot_runs(args.run_dirs, args.out, label_by=args.label_by, title=args.title)
+    except UserError as exc:
+        fail(str(exc))
+        return
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,152 @@
+"""`python -m pixel_ddpg.plot`: learning curves from eval.csv, seeds grouped, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixel_ddpg.config import UserError
+from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, load_run, plot_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = "frame,step,return_mean,return_std,episodes,length_mean,wall_s\n"
+SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+
+
+def make_run(path: Path, frames: list[int], returns: list[float], *, env: str = "cheetah", obs: str = "pixels",
+             seed: int | None = 0, lr: float = 1e-3, std: str = "5") -> Path:
+    """A run dir as the trainer leaves it: eval.csv and (when seed is given) .hydra/config.yaml."""
+    path.mkdir(parents=True)
+    rows = "".join(f"{f},{f // 3},{r},{std},10,333,{f / 1000}\n" for f, r in zip(frames, returns))
+    (path / "eval.csv").write_text(HEADER + rows)
+    if seed is not None:
+        (path / ".hydra").mkdir()
+        (path / ".hydra" / "config.yaml").write_text(
+            f"env:\n  name: {env}\n  task_id: X-v1\nobs:\n  type: {obs}\n  image_size: 64\n"
+            f"agent:\n  lr: {lr}\nseed: {seed}\ndevice: auto\ntotal_frames: {frames[-1]}\n"
+        )
+    return path
+
+
+def plot(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixel_ddpg.plot", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    seeds = [
+        make_run(tmp_path / "multirun" / f"cheetah-pixels-seed{s}", [0, 10000, 20000, 30000],
+                 [0, 100 + s, 200 + 2 * s, 300], seed=s)
+        for s in range(3)
+    ]
+    other = make_run(tmp_path / "walker-state" / "2026-01-01_00-00-00", [0, 15000, 30000], [0, 50, 80],
+                     env="walker", obs="state", seed=0)
+    return [*seeds, other]
+
+
+def test_cli_writes_png_of_seed_group_and_single_run(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "figs" / "curve.png"
+    proc = plot(*runs, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+        assert image.size == SIZE
+    assert [p.name for p in out.parent.iterdir()] == ["curve.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("label_by", ["seed", "dir"])
+def test_every_run_on_its_own(runs: list[Path], tmp_path: Path, label_by: str) -> None:
+    out = plot_runs(runs, tmp_path / f"{label_by}.png", label_by=label_by, title="t")
+    with Image.open(out) as image:
+        assert image.size == SIZE
+
+
+def test_seeds_share_a_group_and_other_configs_do_not(runs: list[Path], tmp_path: Path) -> None:
+    loaded = [load_run(r) for r in runs]
+    assert len({r.group for r in loaded[:3]}) == 1  # differ only in seed (and total_frames)
+    assert loaded[3].group != loaded[0].group
+    assert [r.seed for r in loaded] == [0, 1, 2, 0]
+    assert loaded[0].label == "cheetah pixels" and loaded[3].label == "walker state"
+    # a different learning rate is a different config
+    lr = load_run(make_run(tmp_path / "lr", [0, 10000], [0, 1], seed=0, lr=3e-4))
+    assert lr.group != loaded[0].group
+
+
+def test_seed_band_is_mean_and_min_max_on_common_frames(tmp_path: Path) -> None:
+    a = load_run(make_run(tmp_path / "a", [0, 10, 20], [0, 10, 20], seed=0))
+    b = load_run(make_run(tmp_path / "b", [0, 5, 15, 30], [0, 20, 40, 60], seed=1))
+    grid, mean, low, high = _seed_band([a, b])
+    np.testing.assert_array_equal(grid, [0, 5, 10, 15, 20])  # stops where the shorter seed stopped
+    b_at = np.interp(grid, [0, 5, 15, 30], [0, 20, 40, 60])
+    np.testing.assert_allclose(mean, (grid + b_at) / 2)
+    np.testing.assert_allclose(low, np.minimum(grid, b_at))
+    np.testing.assert_allclose(high, np.maximum(grid, b_at))
+
+
+def test_dirs_without_config_group_by_name(tmp_path: Path) -> None:
+    s0 = load_run(make_run(tmp_path / "m" / "reacher-pixels-seed0", [0, 10], [0, 1], seed=None))
+    s1 = load_run(make_run(tmp_path / "m" / "reacher-pixels-seed1", [0, 10], [0, 2], seed=None))
+    single = load_run(make_run(tmp_path / "finger-pixels" / "2026-01-01", [0, 10], [0, 2], seed=None))
+    assert s0.group == s1.group and (s0.seed, s1.seed) == (0, 1)
+    assert s0.label == "reacher-pixels" and single.label == "finger-pixels"
+    assert single.group != s0.group
+
+
+def test_missing_std_is_a_zero_band(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", [0, 10], [1, 2], std="")
+    assert (load_run(run).std == 0).all()
+    assert plot_runs([run], tmp_path / "c.png").stat().st_size > 0
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_dir_without_eval_csv(tmp_path: Path) -> None:
+    (tmp_path / "empty_run").mkdir()
+    _one_error_line(plot(tmp_path / "empty_run", "--out", tmp_path / "c.png"), "no eval.csv")
+    _one_error_line(plot(tmp_path / "nowhere", "--out", tmp_path / "c.png"), "does not exist")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("", ("empty",)),
+        (HEADER, ("no evaluation rows",)),
+        ("step,wall_s\n1,2\n", ("lacks", "frame")),
+        (HEADER + "abc,1,2,3,4,5,6\n", ("line 2", "frame", "not a number")),
+        (HEADER + "0,0,,1,1,1,1\n", ("no value for return_mean",)),
+        (b"\xff\xfe\x00garbage".decode("latin-1"), ("cannot read",)),
+    ],
+)
+def test_empty_or_corrupt_csv(tmp_path: Path, content: str, words: tuple[str, ...]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.csv").write_bytes(content.encode("latin-1"))
+    _one_error_line(plot(run, "--out", tmp_path / "c.png"), *words)
+    with pytest.raises(UserError):
+        plot_runs([run], tmp_path / "c.png")
+
+
+def test_unwritable_out(runs: list[Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _one_error_line(plot(runs[0], "--out", blocker / "c.png"), "cannot write")
+    _one_error_line(plot(runs[0], "--out", tmp_path / "c.nope"), "unknown image type")
+
+
+def test_usage_errors_are_one_line() -> None:
+    _one_error_line(plot())
+    _one_error_line(plot("x", "--label-by", "colour"), "label-by")
