@@ -252,7 +252,8 @@ class Benchmark:
                         trainer.iteration()
 
                 r = self.timer.rate(run, self.steps * trainer.frames_per_step, "frames/s")
-                r.update(num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
+                r.update(task_id=trainer.settings.task_id, obs_shape=list(trainer.spec.obs_shape),
+                         num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
                          amp=str(trainer.precision.amp_dtype), compile=trainer.precision.compile,
                          async_env=bool(cfg.async_env))
             finally:
@@ -276,7 +277,8 @@ class Benchmark:
                     loop.step()
 
             r = self.timer.rate(run, self.steps * env.spec.action_repeat, "frames/s")
-        r.update(batch_size=b, bytes_per_transition=NaiveReplay.bytes_per_transition(env.spec))
+        r.update(task_id=one.task_id, obs_shape=list(env.spec.obs_shape), batch_size=b,
+                 bytes_per_transition=NaiveReplay.bytes_per_transition(env.spec))
         self.stages["baseline"] = {"end_to_end": r}
 
     def sweep(self) -> None:
@@ -350,13 +352,13 @@ def plot_sweep(results: dict[str, Any], out: Path) -> Path | None:
     sweep = results.get("sweep")
     if not sweep:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     panels = [k for k in ("num_envs", "batch_size") if k in sweep]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(panels), 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, key in zip(axes[0], panels):
         xs = sorted(sweep[key])
         if key == "num_envs":
@@ -375,7 +377,6 @@ def plot_sweep(results: dict[str, Any], out: Path) -> Path | None:
                  f"{results['machine']['gpu'] or results['machine']['cpu']}")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
@@ -383,8 +384,9 @@ def main_task(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.with_name(out.name + ".tmp"), "w"):
-            pass
+        probe = out.with_name(f".{out.name}.write-test")
+        probe.write_text("")
+        probe.unlink()
     except OSError as exc:
         raise UserError(f"out={out} is not writable ({exc.strerror})") from None
     bench = Benchmark(cfg)

@@ -92,6 +92,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"episodes={episodes} must be at least 1")
     ckpt = ckpt_io.load(cfg.checkpoint)
     train_cfg = ckpt_io.checkpoint_config(ckpt)
+    run_dir = ckpt_io.run_dir_of(ckpt["path"])
+    if cfg.plot:
+        from pixel_ddpg.plot import load_run
+
+        load_run(run_dir)  # no eval.csv to plot: say so before any episode runs
     out = _out_dir(cfg, ckpt)
     precision = resolve_precision(cfg.device, "false", "bfloat16", "false")
     seed = int(cfg.seed) if cfg.seed is not None else (int(train_cfg.seed) + EVAL_SEED_OFFSET) % 2**31
@@ -120,13 +125,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
         "videos": [p.name for p in (recorder.paths if recorder else [])],
     }
-    tmp = out / ".eval.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "eval.json")
     if cfg.plot:
         from pixel_ddpg.plot import plot_runs
 
-        summary["plot"] = str(plot_runs([ckpt_io.run_dir_of(ckpt["path"])], out / "curve.png"))
+        summary["plot"] = str(plot_runs([run_dir], out / "curve.png"))
+    tmp = out / ".eval.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "eval.json")
     print(f"wrote {out / 'eval.json'}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
     return summary
 

@@ -1,0 +1,62 @@
+"""`python -m pixel_ddpg.benchmark`: every stage measured, the baseline on the same task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["quick=true", "env=cartpole_balance", "env.episode_sim_steps=30", "render=fast", "obs.image_size=16",
+        "num_envs=2", "replay_capacity=400", "naive_replay_capacity=100", "device=cpu", "compile=false"]
+
+
+def bench(tmp_path: Path, *overrides: str) -> dict:
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.benchmark", *TINY, f"out={out}", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "speedup end_to_end" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def positive(r: dict) -> bool:
+    return r["median"] > 0 and all(x > 0 for x in r["runs"])
+
+
+def check_every_stage(res: dict, variants: list[str]) -> None:
+    s = res["stages"]
+    assert positive(s["env_state"]) and positive(s["act"]) and positive(s["end_to_end"])
+    assert positive(s["env_pixels"]["standard"]) and positive(s["env_pixels"]["fast"])
+    for k in ("add", "sample", "naive_sample"):
+        assert positive(s["replay"][k])
+    assert sorted(s["update"]) == sorted(variants) and all(positive(v) for v in s["update"].values())
+    assert positive(s["baseline"]["end_to_end"])
+    assert s["replay"]["bytes_per_transition"] < s["replay"]["naive_bytes_per_transition"]
+    assert res["machine"]["cores"] >= 1 and res["machine"]["torch"] and res["machine"]["envpool"]
+    assert set(res["speedup"]) >= {"end_to_end", "replay_sample", "replay_bytes", "update_best_vs_eager_fp32"}
+
+
+def test_quick_benchmark_measures_every_stage_against_the_baseline_on_the_same_task(tmp_path):
+    res = bench(tmp_path, "update_variants=[eager_fp32,eager_bf16]", "sweep.num_envs=[1,2]")
+    check_every_stage(res, ["eager_fp32", "eager_bf16"])
+    s = res["stages"]
+    assert s["baseline"]["end_to_end"]["task_id"] == s["end_to_end"]["task_id"] == "CartpoleBalance-v1"
+    assert s["baseline"]["end_to_end"]["obs_shape"] == s["end_to_end"]["obs_shape"] == [9, 16, 16]
+    assert set(res["sweep"]["num_envs"]) == {"1", "2"}
+    assert Path(res["sweep_plot"]).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_with_compiled_updates(tmp_path):
+    res = bench(tmp_path)
+    check_every_stage(res, ["eager_fp32", "eager_bf16", "compiled_bf16"])
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.benchmark", *TINY, "stages=[warp]", f"out={tmp_path}/r.json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown stage" in proc.stderr and "Traceback" not in proc.stderr
