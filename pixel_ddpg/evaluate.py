@@ -7,7 +7,6 @@ runs N episodes with deterministic actions on a batch of envs, prints the return
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path

@@ -254,7 +254,7 @@ class ReplayBuffer:
         Reads the flags at offsets ``-(K-1)..n`` around ``tau``; offsets outside the held window
         count as unwritten (their slot holds older or newer data).
         """
-        K, n, S, N = self.frame_stack, self.nstep, self.slots, self.num_envs
+        K, n, S = self.frame_stack, self.nstep, self.slots
         lo, hi = max(0, self.num_added - S), self.num_added - 1
         offsets = torch.arange(-(K - 1), n + 1, device=self.device)  # window column c = offset + K - 1
         t = tau[:, None] + offsets[None, :]

@@ -7,15 +7,14 @@ logging...). Ctrl-C or SIGTERM saves a checkpoint before exiting.
 
 from __future__ import annotations
 
-import os
-import signal
+import shutil
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg.config import UserError, cli, to_yaml
+from pixel_ddpg.config import USER_ERRORS, UserError, cli, to_yaml
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -42,6 +41,15 @@ def check_writable(run_dir: Path) -> None:
         raise UserError(f"run dir {run_dir} is not writable ({exc.strerror}); set hydra.run.dir=<a writable folder>") from None
 
 
+def _remove_if_only_hydra(run_dir: Path) -> None:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        cwd, parent = Path.cwd().resolve(), run_dir.resolve().parent
+        while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()  # the empty runs/<env>-<obs>/ folders Hydra made on the way
+            parent = parent.parent
+
+
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -55,7 +63,12 @@ def run(cfg: DictConfig) -> None:
         cfg = ckpt_io.merge_for_resume(ckpt_io.checkpoint_config(resume), cfg, list(hc.overrides.task))
         run_dir = ckpt_io.run_dir_of(resume["path"].resolve())
     check_writable(run_dir)
-    trainer = Trainer(cfg, run_dir, resume=resume)
+    try:
+        trainer = Trainer(cfg, run_dir, resume=resume)
+    except USER_ERRORS:
+        if resume is None:
+            _remove_if_only_hydra(run_dir)  # a run that never started leaves nothing behind
+        raise
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     print(f"run dir: {run_dir}", flush=True)
     result = trainer.train()

@@ -249,6 +249,7 @@ class Trainer:
                 if c.frame >= c.next_eval:
                     self._maybe_evaluate()
                     c.next_eval += int(cfg.eval.every_frames)
+                    window_start, window_frame = time.perf_counter(), c.frame  # fps excludes evaluation
                 self.iteration()
                 c.wall_s = time.perf_counter() - started
                 if c.frame >= c.next_log:

@@ -69,7 +69,7 @@ def test_resume_continues_counters_without_duplicate_rows(tmp_path):
     for name in ("train.csv", "eval.csv"):
         f = frames(run / name)
         assert f == sorted(set(f)), f"{name} has duplicated or unordered rows: {f}"
-    assert frames(run / "eval.csv") == [0, 120, 240, 360]
+    assert frames(run / "eval.csv") == [0, 120, 180, 240, 360]  # 180: the first run's final evaluation
     assert not (tmp_path / "ignored").exists()
 
 
