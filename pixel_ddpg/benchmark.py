@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
 from pixel_ddpg.config import UserError, cli
-from pixel_ddpg.device import Precision, resolve_precision
+from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_bf16": (torch.bfloat16, True)}
@@ -121,10 +121,11 @@ class Benchmark:
             raise UserError(f"repeats={cfg.repeats} and steps={cfg.steps} must be at least 1")
         self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
         self.device = self.precision.device
+        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"))
         self.timer = Timer(int(cfg.repeats), int(cfg.warmup_steps), self.device)
         self.steps = int(cfg.steps)
         self.settings = EnvSettings.from_config(cfg)
-        self.results: dict[str, Any] = {"machine": machine_info(), "config": OmegaConf.to_container(cfg, resolve=True),
+        self.results: dict[str, Any] = {"machine": {**machine_info(), "torch_threads": self.torch_threads}, "config": OmegaConf.to_container(cfg, resolve=True),
                                         "stages": {}}
         with make_env(dataclasses.replace(self.settings, num_envs=1)) as probe:
             self.spec = dataclasses.replace(probe.spec, num_envs=self.settings.num_envs)

@@ -24,7 +24,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 # Config keys a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_KEYS = ("total_frames", "device", "compile", "amp", "amp_dtype", "num_threads", "log", "eval",
+RESUMABLE_KEYS = ("total_frames", "device", "compile", "amp", "amp_dtype", "num_threads", "torch_threads", "log", "eval",
                   "checkpoint", "resume", "async_env", "replay.save_in_checkpoint")
 
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import UserError, cli
-from pixel_ddpg.device import resolve_precision
+from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.rollout import agent_policy, run_episodes
 
 
@@ -98,6 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         load_run(run_dir)  # no eval.csv to plot: say so before any episode runs
     out = _out_dir(cfg, ckpt)
     precision = resolve_precision(cfg.device, "false", "bfloat16", "false")
+    set_cpu_threads(precision.device, train_cfg.get("torch_threads", "auto"))
     seed = int(cfg.seed) if cfg.seed is not None else (int(train_cfg.seed) + EVAL_SEED_OFFSET) % 2**31
     num_envs = int(cfg.num_envs) if cfg.num_envs is not None else min(episodes, int(train_cfg.eval.num_envs))
     settings = EnvSettings.from_config(train_cfg, num_envs=num_envs, seed=seed)

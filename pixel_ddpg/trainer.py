@@ -22,7 +22,7 @@ from envs import EnvSettings, EnvStep, VecEnv, make_env
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.agent import make_agent
 from pixel_ddpg.config import UserError
-from pixel_ddpg.device import Precision, resolve_precision
+from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -89,6 +89,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
         self.device = self.precision.device
+        set_cpu_threads(self.device, cfg.get("torch_threads", "auto"))
         self.counters = Counters() if resume is None else Counters(**resume["counters"])
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
