@@ -1,0 +1,291 @@
+"""The DDPG learner (Lillicrap et al. 2016) with TD3 / DrQ-v2 options, built to run fast on a GPU.
+
+One critic step per :meth:`DDPGAgent.update`, then, every ``actor_delay`` updates, one actor step
+and a polyak update of the targets. The losses are computed by two functions that
+``torch.compile`` wraps when :class:`~pixel_ddpg.device.Precision` asks for it; backward,
+fused/foreach Adam and the fused ``torch._foreach_lerp_`` target update run around them. No
+device value is ever read back (no ``.item()``): the update returns detached tensors, and the
+only Python decisions are on config values and the integer update counter. All randomness
+(augmentation shifts, target smoothing, exploration) comes from one ``torch.Generator`` on the
+device seeded by ``seed``, drawn outside the compiled code, so a restored checkpoint repeats
+the same next update exactly.
+
+Targets: a full target copy of encoder, actor and critic. The paper keeps target copies of every
+layer, convolutions included; with the shared encoder, computing targets with the online
+encoder under ``no_grad`` (DrQ-v2's choice) would let the target features move at full speed
+each critic step, which defeats τ=0.001. The target encoder costs the same forward pass on
+next_obs and only one more copy of the (small) conv weights.
+
+Batch norm (option): online networks run in train mode (batch statistics) inside updates and in
+eval mode (running statistics) whenever acting; targets always use running statistics, copied
+from the online networks at each target update. The actor loss's critic forward also runs in
+train mode, like the paper's, so it moves the critic's running statistics (not its parameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from envs.errors import ConfigError
+from pixel_ddpg.batch import Batch
+from pixel_ddpg.device import Precision
+from pixel_ddpg.networks import build_networks
+from pixel_ddpg.noise import make_noise
+
+
+def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ random shift: each sample moved by its own (dy, dx) = shifts - pad, edges replicated.
+
+    Replicate padding + crop is the same as clamping the source index, so it is done with two
+    ``gather`` s and no padded copy; uint8 stays uint8. ``shifts``: int64 (B, 2) in [0, 2*pad].
+    """
+    b, c, h, w = x.shape
+    rows = (torch.arange(h, device=x.device) + shifts[:, :1] - pad).clamp_(0, h - 1)  # (B, H)
+    cols = (torch.arange(w, device=x.device) + shifts[:, 1:] - pad).clamp_(0, w - 1)  # (B, W)
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
+class DDPGAgent:
+    """Encoder, actor, critic, their targets, optimizers and exploration noise on one device."""
+
+    def __init__(self, cfg_agent: Any, spec: Any, precision: Precision, seed: int) -> None:
+        c = self.cfg = cfg_agent
+        self.spec, self.precision, self.device = spec, precision, precision.device
+        self.pixels = bool(spec.pixels)
+        self.batch_size = int(c.batch_size if self.pixels else c.state_batch_size)
+        self.gamma, self.tau = float(c.gamma), float(c.tau)
+        self.actor_delay = int(c.actor_delay)
+        if self.actor_delay < 1:
+            raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
+        self.twin_q = bool(c.twin_q)
+        self.target_noise, self.target_noise_clip = float(c.target_policy_noise), float(c.target_noise_clip)
+        self.augment = bool(c.augment) and self.pixels  # a shift means nothing on a state vector
+        self.pad = int(c.augment_pad)
+        if self.augment and self.pad < 0:
+            raise ConfigError(f"agent.augment_pad={self.pad} must be >= 0")
+
+        with torch.random.fork_rng(devices=[]):  # same init for a seed, global RNG untouched
+            torch.manual_seed(int(seed))
+            self.encoder, self.actor, self.critic = build_networks(c, spec.obs_shape, spec.action_low,
+                                                                   spec.action_high)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_actor = copy.deepcopy(self.actor)
+        self.target_critic = copy.deepcopy(self.critic)
+        self._online = (self.encoder, self.actor, self.critic)
+        self._targets = (self.target_encoder, self.target_actor, self.target_critic)
+        for m in (*self._online, *self._targets):
+            m.to(self.device)
+        for m in self._targets:
+            m.eval().requires_grad_(False)
+        self._online_params = [p for m in self._online for p in m.parameters()]
+        self._target_params = [p for m in self._targets for p in m.parameters()]
+        is_stat = lambda b: b.is_floating_point()  # noqa: E731  (BN running mean/var, not counters)
+        self._online_stats = [b for m in self._online for b in m.buffers(recurse=True) if is_stat(b)]
+        self._target_stats = [b for m in self._targets for b in m.buffers(recurse=True) if is_stat(b)]
+        # Bounds are non-persistent buffers in the actor; skip them from the stats lists.
+        bounds = {id(self.actor.scale), id(self.actor.center), id(self.target_actor.scale),
+                  id(self.target_actor.center)}
+        self._online_stats = [b for b in self._online_stats if id(b) not in bounds]
+        self._target_stats = [b for b in self._target_stats if id(b) not in bounds]
+
+        cuda = self.device.type == "cuda"
+        fast = {"fused": True} if cuda else {"foreach": True}
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(c.actor_lr), **fast)
+        critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
+        self.critic_opt = torch.optim.Adam(critic_params, lr=float(c.critic_lr),
+                                           weight_decay=float(c.critic_weight_decay), **fast)
+        self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
+
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.noise = make_noise(c.noise, spec.action_dim, self.device, self.generator)
+        self.updates = 0
+        self._last_actor_loss = torch.full((), float("nan"), device=self.device)
+        self._low = torch.as_tensor(np.asarray(spec.action_low, np.float32), device=self.device)
+        self._high = torch.as_tensor(np.asarray(spec.action_high, np.float32), device=self.device)
+
+        if precision.compile:
+            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False)
+            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False)
+            self._policy_fn = torch.compile(self._policy, dynamic=False)
+        else:
+            self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
+                self._critic_loss, self._actor_loss, self._policy)
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.precision.amp_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _set_train(self, mode: bool) -> None:
+        for m in self._online:
+            if m.training != mode:
+                m.train(mode)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _step(self, opt: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            opt.step()
+        else:
+            self.scaler.step(opt)  # fp16 only: GradScaler reads its inf check back to the host
+
+    # ------------------------------------------------------------------ the pieces that compile
+    def _policy(self, obs: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.actor(self.encoder(obs)).float()
+
+    def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
+                     next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """MSE of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise])."""
+        if shifts is not None:
+            obs = random_shift(obs, shifts[0], self.pad)
+            next_obs = random_shift(next_obs, shifts[1], self.pad)
+        with self._autocast():
+            with torch.no_grad():
+                next_feat = self.target_encoder(next_obs)
+                next_action = self.target_actor(next_feat)
+                if target_eps is not None:
+                    noise = (target_eps * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
+                    next_action = torch.maximum(torch.minimum(next_action + noise * self.actor.scale, self._high),
+                                                self._low)
+                next_qs = self.target_critic(next_feat, next_action)
+                next_q = next_qs[0].float()
+                for q in next_qs[1:]:
+                    next_q = torch.minimum(next_q, q.float())
+                target = reward.float() + discount.float() * next_q
+            feat = self.encoder(obs)
+            qs = self.critic(feat, action)
+            loss = F.mse_loss(qs[0].float(), target)
+            for q in qs[1:]:
+                loss = loss + F.mse_loss(q.float(), target)
+        return loss, qs[0].detach().float().mean(), target.mean(), feat.detach()
+
+    def _actor_loss(self, feat: torch.Tensor) -> torch.Tensor:
+        """−Q1(s, μ(s)) on detached features: the encoder never sees the actor's gradient."""
+        with self._autocast():
+            return -self.critic(feat, self.actor(feat))[0].float().mean()
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, *, explore: bool, first: torch.Tensor | None = None,
+            frame: int = 0) -> torch.Tensor:
+        """Actions (N, A) float32 on the device, within bounds; running batch-norm statistics.
+
+        ``explore`` adds the noise process (``first`` restarts the OU process of those envs,
+        ``frame`` drives the Gaussian std schedule); otherwise μ(s), deterministic.
+        """
+        obs = obs.to(self.device, non_blocking=True)
+        if not self.pixels and obs.dtype != torch.float32:
+            obs = obs.float()
+        self._set_train(False)
+        action = self._policy_fn(obs)
+        if explore:
+            noise = self.noise.sample(obs.shape[0], first, frame)
+            action = torch.maximum(torch.minimum(action + noise * self.actor.scale, self._high), self._low)
+        return action
+
+    def update(self, batch: Batch, frame: int = 0) -> dict[str, torch.Tensor]:
+        """One critic step; the actor step and target update every ``actor_delay`` calls.
+
+        Returns detached tensors: critic_loss, actor_loss (the last one computed; NaN before the
+        first actor step), q (mean Q1 on the batch) and target_q (mean TD target).
+        """
+        self.updates += 1
+        update_actor = self.updates % self.actor_delay == 0
+        n = batch.action.shape[0]
+        g = self.generator
+        shifts = (torch.randint(0, 2 * self.pad + 1, (2, n, 2), device=self.device, generator=g)
+                  if self.augment else None)
+        target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g)
+                      if self.target_noise > 0 else None)
+        self._set_train(True)
+        critic_loss, q, target_q, feat = self._critic_loss_fn(batch.obs, batch.action, batch.reward, batch.discount,
+                                                              batch.next_obs, shifts, target_eps)
+        self.critic_opt.zero_grad(set_to_none=True)
+        self._backward(critic_loss)
+        self._step(self.critic_opt)
+        if update_actor:
+            self.critic.requires_grad_(False)  # the actor's loss computes no critic gradient at all
+            try:
+                actor_loss = self._actor_loss_fn(feat)
+                self.actor_opt.zero_grad(set_to_none=True)
+                self._backward(actor_loss)
+            finally:
+                self.critic.requires_grad_(True)
+            self._step(self.actor_opt)
+            self._last_actor_loss = actor_loss.detach()
+            self.update_targets()
+        if self.scaler is not None:
+            self.scaler.update()
+        return {"critic_loss": critic_loss.detach(), "actor_loss": self._last_actor_loss, "q": q,
+                "target_q": target_q}
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak: target ← target + τ (online − target), one fused op over all parameters."""
+        torch._foreach_lerp_(self._target_params, self._online_params, self.tau)
+        if self._target_stats:
+            torch._foreach_copy_(self._target_stats, self._online_stats)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: networks, targets, optimizers, scaler, noise, RNG."""
+        return {
+            "encoder": self.encoder.state_dict(), "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "target_encoder": self.target_encoder.state_dict(), "target_actor": self.target_actor.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "noise": self.noise.state_dict(), "updates": self.updates, "generator": self.generator.get_state(),
+            "last_actor_loss": self._last_actor_loss.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic"):
+            getattr(self, name).load_state_dict(state[name])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.noise.load_state_dict(state["noise"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(torch.as_tensor(state["generator"]).cpu())  # map_location may have moved it
+        self._last_actor_loss = torch.as_tensor(state["last_actor_loss"]).to(self.device).clone()
+
+    def config_signature(self) -> dict[str, Any]:
+        """What the network shapes depend on, as plain values: a checkpoint must match it (==)."""
+        c = self.cfg
+        sig: dict[str, Any] = {"obs_shape": [int(x) for x in self.spec.obs_shape],
+                               "action_dim": int(self.spec.action_dim), "pixels": self.pixels,
+                               "batch_norm": bool(c.batch_norm), "twin_q": bool(c.twin_q)}
+        if self.pixels:
+            enc = _plain(c.encoder)
+            sig["encoder"] = {"type": str(enc["type"]), "channels": [int(x) for x in enc["channels"]],
+                              "kernels": [int(x) for x in enc["kernels"]], "strides": [int(x) for x in enc["strides"]],
+                              "feature_dim": int(enc["feature_dim"]) if enc["type"] == "drqv2" else None}
+            sig["hidden"] = [int(h) for h in c.pixel_hidden]
+        else:
+            sig["encoder"] = None
+            sig["hidden"] = [int(h) for h in c.state_hidden]
+        return sig
+
+
+def make_agent(cfg_agent: Any, spec: Any, precision: Precision, seed: int) -> DDPGAgent:
+    """The agent the config describes, for an env spec, on the precision's device."""
+    return DDPGAgent(cfg_agent, spec, precision, seed)

@@ -1,0 +1,195 @@
+"""The learner's networks: a conv encoder shared by actor and critic, the actor, the critic.
+
+Shapes follow Lillicrap et al. 2016 by default: 3 conv layers of 32 filters, no pooling,
+flattened; 200-200 heads for pixels, 400-300 for state; actions join the critic after its
+first layer; final layers uniform ±3e-4 (pixels) / ±3e-3 (state), every other layer uniform
+±1/sqrt(fan_in). DrQ-v2's shapes come from config (``encoder.type: drqv2``): its convs, then in
+each head a Linear→LayerNorm→tanh trunk to ``feature_dim``, as in DrQ-v2 (the trunk belongs to
+the head, so the actor's trunk learns from the actor's loss; the twin critics share theirs).
+
+Batch norm (the paper's option): on the state input (pixels: after each conv), after every
+hidden layer of the actor, and on the critic's layers before the action joins.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.errors import ConfigError
+
+ENCODER_TYPES = ("paper", "drqv2")
+
+
+def fan_in_uniform_(layer: nn.Module, bound: float | None = None) -> None:
+    """The paper's init: weights and biases U(±1/sqrt(fan_in)), or U(±bound) for final layers."""
+    weight = layer.weight  # type: ignore[union-attr]
+    if bound is None:
+        bound = 1.0 / math.sqrt(weight[0].numel())
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+        if layer.bias is not None:  # type: ignore[union-attr]
+            layer.bias.uniform_(-bound, bound)  # type: ignore[union-attr]
+
+
+def _linear(in_dim: int, out_dim: int, bound: float | None = None) -> nn.Linear:
+    layer = nn.Linear(in_dim, out_dim)
+    fan_in_uniform_(layer, bound)
+    return layer
+
+
+def _mlp(in_dim: int, widths: list[int], batch_norm: bool) -> tuple[list[nn.Module], int]:
+    """Linear → (BatchNorm1d) → ReLU per width; returns the layers and the output width."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(_linear(in_dim, width))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(nn.ReLU())
+        in_dim = width
+    return layers, in_dim
+
+
+def _trunk(in_dim: int, feature_dim: int) -> nn.Sequential:
+    """DrQ-v2's projection of the conv features: Linear → LayerNorm → tanh."""
+    return nn.Sequential(_linear(in_dim, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+
+class Encoder(nn.Module):
+    """uint8 pixels → flattened conv features, scaled to [0, 1] as float here so that replay and
+    host→device copies stay uint8. State observations: identity (or the input batch norm)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], channels: list[int], kernels: list[int], strides: list[int],
+                 batch_norm: bool) -> None:
+        super().__init__()
+        self.pixels = len(obs_shape) == 3
+        if self.pixels:
+            layers: list[nn.Module] = []
+            in_ch = obs_shape[0]
+            for ch, k, s in zip(channels, kernels, strides, strict=True):
+                conv = nn.Conv2d(in_ch, ch, k, stride=s)
+                fan_in_uniform_(conv)
+                layers.append(conv)
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(ch))
+                layers.append(nn.ReLU())
+                in_ch = ch
+            self.convs = nn.Sequential(*layers)
+            self.norm: nn.Module = nn.Identity()
+        else:
+            self.convs = nn.Sequential()
+            self.norm = nn.BatchNorm1d(obs_shape[0]) if batch_norm else nn.Identity()
+        with torch.no_grad():
+            dummy = torch.zeros(2, *obs_shape, dtype=torch.uint8 if self.pixels else torch.float32)
+            self.out_dim = int(self.forward(dummy).shape[1])
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.pixels:
+            return self.norm(obs.float())
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
+        return self.convs(x).flatten(1)
+
+
+class Actor(nn.Module):
+    """μ(s): features → (trunk) → hidden layers → tanh, scaled to the action bounds."""
+
+    def __init__(self, feature_in: int, action_dim: int, hidden: list[int], trunk_dim: int | None, batch_norm: bool,
+                 final_init: float, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.trunk = _trunk(feature_in, trunk_dim) if trunk_dim else None
+        layers, width = _mlp(trunk_dim or feature_in, hidden, batch_norm)
+        self.net = nn.Sequential(*layers, _linear(width, action_dim, final_init))
+        low_t, high_t = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+        # Bounds come from the env spec, not from a checkpoint: non-persistent.
+        self.register_buffer("center", (high_t + low_t) / 2, persistent=False)
+        self.register_buffer("scale", (high_t - low_t) / 2, persistent=False)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(feat) if self.trunk is not None else feat
+        return self.center + self.scale * torch.tanh(self.net(x).float())
+
+
+class QHead(nn.Module):
+    """One Q function. ``pre``: the layers before the action joins (the paper's first FC layer;
+    none after a DrQ-v2 trunk, whose every hidden layer sees the action). ``post``: the rest."""
+
+    def __init__(self, feature_in: int, action_dim: int, hidden: list[int], has_trunk: bool, batch_norm: bool,
+                 final_init: float) -> None:
+        super().__init__()
+        if has_trunk:
+            self.pre: nn.Module | None = None
+            dim, rest = feature_in, hidden
+        else:
+            layers, dim = _mlp(feature_in, hidden[:1], batch_norm)
+            self.pre = nn.Sequential(*layers)
+            rest = hidden[1:]
+        layers, width = _mlp(dim + action_dim, rest, False)
+        self.post = nn.Sequential(*layers, _linear(width, 1, final_init))
+
+    def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = self.pre(feat) if self.pre is not None else feat
+        return self.post(torch.cat([x, action.to(x.dtype)], dim=1)).squeeze(1)
+
+
+class Critic(nn.Module):
+    """Q(s, a); with ``twin_q`` two heads (TD3), sharing only a DrQ-v2 trunk if there is one."""
+
+    def __init__(self, feature_in: int, action_dim: int, hidden: list[int], trunk_dim: int | None, batch_norm: bool,
+                 final_init: float, twin: bool) -> None:
+        super().__init__()
+        self.trunk = _trunk(feature_in, trunk_dim) if trunk_dim else None
+        dim = trunk_dim or feature_in
+        self.heads = nn.ModuleList(QHead(dim, action_dim, hidden, self.trunk is not None, batch_norm, final_init)
+                                   for _ in range(2 if twin else 1))
+
+    def forward(self, feat: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's Q, (B,) apiece; the first is Q1 (the one the actor climbs)."""
+        x = self.trunk(feat) if self.trunk is not None else feat
+        return [head(x, action) for head in self.heads]
+
+
+def _ints(values: Any, key: str) -> list[int]:
+    try:
+        out = [int(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}={values!r} must be a list of whole numbers") from exc
+    if not out or min(out) < 1:
+        raise ConfigError(f"{key}={values!r} must be a non-empty list of positive whole numbers")
+    return out
+
+
+def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.ndarray,
+                   action_high: np.ndarray) -> tuple[Encoder, Actor, Critic]:
+    """Encoder, actor and critic the agent config describes, on the CPU, initialised from the
+    global RNG (the agent seeds it inside ``fork_rng``)."""
+    c = cfg_agent
+    pixels = len(obs_shape) == 3
+    enc = c.encoder
+    kind = str(enc.type)
+    if kind not in ENCODER_TYPES:
+        raise ConfigError(f"agent.encoder.type={kind!r} is not known; choose one of {list(ENCODER_TYPES)}")
+    channels = _ints(enc.channels, "agent.encoder.channels")
+    kernels = _ints(enc.kernels, "agent.encoder.kernels")
+    strides = _ints(enc.strides, "agent.encoder.strides")
+    if not len(channels) == len(kernels) == len(strides):
+        raise ConfigError("agent.encoder.channels, kernels and strides must be lists of the same length; "
+                          f"got {channels}, {kernels}, {strides}")
+    hidden = _ints(c.pixel_hidden if pixels else c.state_hidden, "agent.pixel_hidden" if pixels else "agent.state_hidden")
+    trunk_dim = int(enc.feature_dim) if pixels and kind == "drqv2" else None
+    if trunk_dim is not None and trunk_dim < 1:
+        raise ConfigError(f"agent.encoder.feature_dim={trunk_dim} must be positive")
+    final_init = float(c.final_init_pixels if pixels else c.final_init_state)
+    batch_norm = bool(c.batch_norm)
+    action_dim = int(np.asarray(action_low).shape[0])
+
+    encoder = Encoder(tuple(obs_shape), channels, kernels, strides, batch_norm)
+    actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, action_low, action_high)
+    critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, bool(c.twin_q))
+    return encoder, actor, critic
+
+
+__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_"]

@@ -1,0 +1,84 @@
+"""Exploration noise, as tensors on the training device drawn from the agent's own generator.
+
+Both processes return unit-scale noise of shape (N, A); the agent scales it by the action
+half-range, adds it to μ(s) and clips to the bounds. N is the batch of observations being acted
+on: the OU state is (re)allocated when N changes (evaluation runs other batch sizes than
+training, and a new batch means new episodes anyway).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from envs.errors import ConfigError
+
+NOISE_TYPES = ("ou", "gaussian")
+
+
+class OUNoise:
+    """Ornstein–Uhlenbeck, one process per env (the paper: θ=0.15, σ=0.2), reset at episode starts."""
+
+    def __init__(self, action_dim: int, theta: float, sigma: float, dt: float, device: torch.device,
+                 generator: torch.Generator) -> None:
+        self.action_dim, self.theta, self.sigma, self.dt = action_dim, float(theta), float(sigma), float(dt)
+        self.device, self.generator = device, generator
+        self.state: torch.Tensor | None = None
+
+    def sample(self, n: int, first: torch.Tensor | None = None, frame: int = 0) -> torch.Tensor:
+        """Advance every env's process one step; envs where ``first`` is set restart from 0 first."""
+        if self.state is None or self.state.shape[0] != n:
+            self.state = torch.zeros(n, self.action_dim, device=self.device)
+        x = self.state
+        if first is not None:
+            x = torch.where(first.to(self.device, torch.bool).reshape(n, 1), torch.zeros_like(x), x)
+        eps = torch.randn(n, self.action_dim, device=self.device, generator=self.generator)
+        x = x - self.theta * x * self.dt + (self.sigma * math.sqrt(self.dt)) * eps
+        self.state = x
+        return x
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": None if self.state is None else self.state.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        s = state.get("state")
+        self.state = None if s is None else s.to(self.device).clone()
+
+
+class GaussianNoise:
+    """DrQ-v2 style: N(0, std²) clipped to ±clip, std linear from std_start to std_end over std_frames."""
+
+    def __init__(self, action_dim: int, std_start: float, std_end: float, std_frames: int, clip: float | None,
+                 device: torch.device, generator: torch.Generator) -> None:
+        self.action_dim, self.device, self.generator = action_dim, device, generator
+        self.std_start, self.std_end, self.std_frames = float(std_start), float(std_end), int(std_frames)
+        self.clip = None if clip is None or float(clip) <= 0 else float(clip)
+
+    def std(self, frame: int) -> float:
+        """Computed in Python from the frame counter: no device value is read."""
+        mix = min(max(frame, 0) / self.std_frames, 1.0) if self.std_frames > 0 else 1.0
+        return self.std_start + (self.std_end - self.std_start) * mix
+
+    def sample(self, n: int, first: torch.Tensor | None = None, frame: int = 0) -> torch.Tensor:
+        eps = torch.randn(n, self.action_dim, device=self.device, generator=self.generator) * self.std(frame)
+        return eps if self.clip is None else eps.clamp_(-self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def make_noise(cfg_noise: Any, action_dim: int, device: torch.device,
+               generator: torch.Generator) -> OUNoise | GaussianNoise:
+    """The process named by ``agent.noise.type``."""
+    kind = str(cfg_noise.type)
+    if kind == "ou":
+        return OUNoise(action_dim, cfg_noise.theta, cfg_noise.sigma, cfg_noise.dt, device, generator)
+    if kind == "gaussian":
+        return GaussianNoise(action_dim, cfg_noise.std_start, cfg_noise.std_end, cfg_noise.std_frames,
+                             cfg_noise.clip, device, generator)
+    raise ConfigError(f"agent.noise.type={kind!r} is not known; choose one of {list(NOISE_TYPES)}")

@@ -1,0 +1,424 @@
+"""The learner (issue 4): encoder/actor/critic, noise, DDPG update and its options, on CPU.
+
+Synthetic specs and batches only (no envs). Small images (9×32×32) keep the fast set quick.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from envs.errors import ConfigError
+from envs.pool import EnvSpec
+from pixel_ddpg.agent import DDPGAgent, make_agent, random_shift
+from pixel_ddpg.batch import Batch
+from pixel_ddpg.config import compose
+from pixel_ddpg.device import Precision
+from pixel_ddpg.noise import GaussianNoise, OUNoise
+
+CPU = Precision(torch.device("cpu"), None, False)
+BF16 = Precision(torch.device("cpu"), torch.bfloat16, False)
+PIX = (9, 32, 32)
+
+
+@functools.lru_cache(maxsize=None)
+def _cfg(overrides: tuple[str, ...]):
+    return compose(list(overrides))
+
+
+def spec(obs_shape=PIX, action_dim=3, low=None, high=None, num_envs=4) -> EnvSpec:
+    low = -np.ones(action_dim, np.float32) if low is None else np.asarray(low, np.float32)
+    high = np.ones(action_dim, np.float32) if high is None else np.asarray(high, np.float32)
+    dtype = np.dtype(np.uint8) if len(obs_shape) == 3 else np.dtype(np.float32)
+    return EnvSpec(tuple(obs_shape), dtype, tuple(obs_shape), 1, action_dim, low, high, num_envs, 1, 100)
+
+
+def agent(*overrides: str, s: EnvSpec | None = None, precision: Precision = CPU, seed: int = 0) -> DDPGAgent:
+    return make_agent(_cfg(tuple(overrides)).agent, s or spec(), precision, seed)
+
+
+def obs_batch(s: EnvSpec, n: int, g: torch.Generator) -> torch.Tensor:
+    if s.pixels:
+        return torch.randint(0, 256, (n, *s.obs_shape), dtype=torch.uint8, generator=g)
+    return torch.randn(n, *s.obs_shape, generator=g)
+
+
+def batch(s: EnvSpec | None = None, n: int = 8, seed: int = 0) -> Batch:
+    s = s or spec()
+    g = torch.Generator().manual_seed(seed)
+    action = torch.rand(n, s.action_dim, generator=g) * 2 - 1
+    return Batch(obs_batch(s, n, g), action, torch.rand(n, generator=g), torch.full((n,), 0.99), obs_batch(s, n, g))
+
+
+def params(*modules: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def changed(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# ------------------------------------------------------------------ networks
+def test_paper_networks_shapes_and_init():
+    a = agent()
+    convs = [m for m in a.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 32] and [c.stride for c in convs] == [(2, 2)] * 3
+    assert a.critic.heads[0].pre[0].out_features == 200  # the action joins after the first FC layer
+    assert a.critic.heads[0].post[0].in_features == 200 + 3
+    final = a.actor.net[-1]
+    assert final.weight.abs().max() <= 3e-4 and final.bias.abs().max() <= 3e-4
+    first = a.actor.net[0]
+    assert first.weight.abs().max() <= 1 / math.sqrt(first.in_features)
+    s = spec((5,))
+    st = agent(s=s)
+    assert isinstance(st.encoder.norm, torch.nn.Identity)
+    assert [m.out_features for m in st.actor.net if isinstance(m, torch.nn.Linear)] == [400, 300, 3]
+    assert st.critic.heads[0].post[-1].weight.abs().max() <= 3e-3
+    assert st.batch_size == 64 and a.batch_size == 16
+
+
+def test_encoder_takes_uint8_and_scales_inside():
+    a = agent()
+    x = torch.randint(0, 256, (2, *PIX), dtype=torch.uint8)
+    assert torch.allclose(a.encoder(x), a.encoder(x.float() / 255.0))
+
+
+# ------------------------------------------------------------------ the update
+def test_actor_update_leaves_critic_and_encoder_unchanged():
+    a = agent()
+    snapshot: dict[str, list[torch.Tensor]] = {}
+    critic_step = a.critic_opt.step
+
+    def step_then_snapshot(*args, **kwargs):
+        out = critic_step(*args, **kwargs)
+        snapshot["after_critic"] = params(a.encoder, a.critic)
+        snapshot["actor"] = params(a.actor)
+        return out
+
+    a.critic_opt.step = step_then_snapshot  # type: ignore[method-assign]
+    a.update(batch())
+    assert same(snapshot["after_critic"], params(a.encoder, a.critic))  # bit for bit, after the actor step
+    assert changed(snapshot["actor"], params(a.actor))
+    assert all(p.requires_grad for p in a.critic.parameters())  # restored after the actor's loss
+
+
+def test_critic_update_changes_encoder_not_actor_or_targets():
+    a = agent("agent.actor_delay=1000")
+    enc, act, targets = params(a.encoder), params(a.actor), params(*a._targets)
+    out = a.update(batch())
+    assert changed(enc, params(a.encoder))
+    assert same(act, params(a.actor)) and same(targets, params(*a._targets))
+    assert torch.isnan(out["actor_loss"])  # no actor step yet, the entry is still a tensor
+
+
+def test_polyak_update_matches_formula():
+    a = agent("agent.tau=0.3")
+    old = params(*a._targets)
+    a.update(batch())
+    new_online, new_target = params(*a._online), params(*a._targets)
+    for t0, o, t1 in zip(old, new_online, new_target, strict=True):
+        torch.testing.assert_close(t1, t0 + 0.3 * (o - t0), rtol=1e-6, atol=1e-7)
+
+
+def test_update_returns_detached_tensors():
+    out = agent().update(batch())
+    assert {"critic_loss", "actor_loss", "q"} <= set(out)
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad and v.dim() == 0 for v in out.values())
+
+
+def test_critic_loss_decreases_on_a_fixed_batch():
+    a = agent("agent.actor_delay=1000")
+    b = batch(n=16)
+    losses = [a.update(b)["critic_loss"] for _ in range(40)]
+    assert float(torch.stack(losses[-5:]).mean()) < 0.3 * float(torch.stack(losses[:3]).mean())
+
+
+def test_critic_weight_decay_is_in_the_critic_optimizer_only():
+    a = agent("agent.critic_weight_decay=0.01")
+    assert a.critic_opt.param_groups[0]["weight_decay"] == 0.01
+    assert a.actor_opt.param_groups[0]["weight_decay"] == 0.0
+
+
+def test_bf16_autocast_runs_on_cpu():
+    a = agent(precision=BF16)
+    b = batch()
+    for _ in range(3):
+        out = a.update(b)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert all(p.dtype == torch.float32 for p in a.critic.parameters())  # fp32 master weights
+    act = a.act(b.obs, explore=True)
+    assert act.dtype == torch.float32 and act.shape == (8, 3)
+
+
+def test_fp16_uses_a_grad_scaler():
+    a = agent(precision=Precision(torch.device("cpu"), torch.float16, False))
+    assert a.scaler is not None and agent().scaler is None and agent(precision=BF16).scaler is None
+    b = batch()
+    for _ in range(2):
+        out = a.update(b)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert "scale" in a.state_dict()["scaler"]
+
+
+def test_compiled_and_eager_agree():
+    # ~20-30 s on 2 CPU cores, most of it compiling; under the minute that would make it slow.
+    torch._dynamo.reset()
+    eager = agent("agent.twin_q=true", "agent.augment=true", "agent.target_policy_noise=0.2")
+    compiled = agent("agent.twin_q=true", "agent.augment=true", "agent.target_policy_noise=0.2",
+                     precision=Precision(torch.device("cpu"), None, True))
+    b = batch()
+    for _ in range(3):
+        oe, oc = eager.update(b), compiled.update(b)
+        for k in oe:
+            torch.testing.assert_close(oc[k], oe[k], rtol=1e-4, atol=1e-5)
+    for pe, pc in zip(params(*eager._online), params(*compiled._online), strict=True):
+        torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.act(b.obs, explore=True), eager.act(b.obs, explore=True),
+                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.act(b.obs[:3], explore=False), eager.act(b.obs[:3], explore=False),
+                               rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ acting and noise
+@pytest.mark.parametrize("noise", ["ou", "gaussian"])
+def test_actions_stay_in_bounds_under_noise(noise):
+    s = spec(low=[-1, -2, 0], high=[1, 0.5, 3])
+    a = agent(f"agent.noise.type={noise}", "agent.noise.sigma=5.0", "agent.noise.clip=0", s=s)
+    low, high = torch.as_tensor(s.action_low), torch.as_tensor(s.action_high)
+    obs = torch.randint(0, 256, (4, *PIX), dtype=torch.uint8)
+    acts = torch.stack([a.act(obs, explore=True, frame=i) for i in range(30)])
+    assert acts.dtype == torch.float32 and acts.shape == (30, 4, 3)
+    assert (acts >= low).all() and (acts <= high).all()
+    assert ((acts == low) | (acts == high)).any()  # the noise is big enough to hit the clip
+    det = a.act(obs, explore=False)
+    assert torch.equal(det, a.act(obs, explore=False)) and (det >= low).all() and (det <= high).all()
+    assert a.act(obs[:2], explore=True).shape == (2, 3)  # another batch size: noise state copes
+
+
+def test_ou_resets_where_first():
+    g = torch.Generator().manual_seed(0)
+    ou = OUNoise(2, theta=0.15, sigma=0.2, dt=0.5, device=torch.device("cpu"), generator=g)
+    for _ in range(5):
+        ou.sample(3)
+    before, gstate = ou.state.clone(), g.get_state()
+    first = torch.tensor([True, False, True])
+    out = ou.sample(3, first)
+    eps = torch.randn(3, 2, generator=torch.Generator().manual_seed(0).set_state(gstate))
+    start = torch.where(first[:, None], torch.zeros_like(before), before)
+    torch.testing.assert_close(out, start * (1 - 0.15 * 0.5) + 0.2 * math.sqrt(0.5) * eps)
+    assert before.abs().min() > 0
+
+
+def test_agent_ou_reset_through_act():
+    a = agent("agent.noise.sigma=1.0")
+    obs = torch.randint(0, 256, (3, *PIX), dtype=torch.uint8)
+    for _ in range(5):
+        a.act(obs, explore=True)
+    before, gstate = a.noise.state.clone(), a.generator.get_state()
+    first = torch.tensor([True, False, False])
+    a.act(obs, explore=True, first=first)
+    eps = torch.randn(3, 3, generator=torch.Generator().set_state(gstate))
+    start = torch.where(first[:, None], torch.zeros_like(before), before)
+    torch.testing.assert_close(a.noise.state, start * (1 - 0.15) + 1.0 * eps)
+
+
+def test_gaussian_std_schedule():
+    n = GaussianNoise(2, 1.0, 0.1, 100, None, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert n.std(0) == 1.0 and n.std(50) == pytest.approx(0.55) and n.std(100) == pytest.approx(0.1)
+    assert n.std(10_000) == pytest.approx(0.1)
+    clipped = GaussianNoise(2, 10.0, 10.0, 1, 0.3, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert clipped.sample(1000).abs().max() <= 0.3
+
+
+# ------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("extra", [(), ("agent.batch_norm=true", "agent.twin_q=true", "agent.augment=true",
+                                         "agent.target_policy_noise=0.2", "agent.noise.type=gaussian")])
+def test_state_dict_round_trip(extra):
+    a = agent(*extra, seed=1)
+    b = batch()
+    obs = b.obs[:4]
+    for i in range(3):
+        a.act(obs, explore=True, frame=i)
+        a.update(b)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    restored = agent(*extra, seed=7)
+    restored.load_state_dict(torch.load(buf, weights_only=False))
+    assert torch.equal(a.act(obs, explore=False), restored.act(obs, explore=False))
+    first = torch.tensor([False, True, False, False])
+    assert torch.equal(a.act(obs, explore=True, first=first, frame=5),
+                       restored.act(obs, explore=True, first=first, frame=5))
+    oa, orr = a.update(b), restored.update(b)
+    for k in oa:
+        assert torch.equal(oa[k], orr[k]) or (torch.isnan(oa[k]) and torch.isnan(orr[k]))
+    assert same(params(*a._online, *a._targets), params(*restored._online, *restored._targets))
+    assert a.updates == restored.updates == 4
+
+
+def test_config_signature_is_plain_and_compares():
+    sig = agent().config_signature()
+    assert json.loads(json.dumps(sig)) == sig
+    assert sig["obs_shape"] == list(PIX) and sig["action_dim"] == 3
+    assert agent("agent.tau=0.5").config_signature() == sig  # not a network shape
+    assert agent("agent.pixel_hidden=[100,100]").config_signature() != sig
+    assert agent("agent.twin_q=true").config_signature() != sig
+
+
+def test_bad_config_is_a_config_error():
+    with pytest.raises(ConfigError):
+        agent("agent.noise.type=pink")
+    with pytest.raises(ConfigError):
+        agent("agent.encoder.type=resnet")
+    with pytest.raises(ConfigError):
+        agent("agent.actor_delay=0")
+
+
+# ------------------------------------------------------------------ options
+@pytest.mark.parametrize("obs_shape", [PIX, (5,)])
+def test_batch_norm_train_vs_eval(obs_shape):
+    s = spec(obs_shape)
+    a = agent("agent.batch_norm=true", s=s)
+    bns = [m for m in a.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and any(isinstance(m, torch.nn.BatchNorm1d) for m in a.actor.modules())
+    stats = [b.clone() for m in a._online for b in m.buffers()]
+    b = batch(s, n=8)
+    # acting: running statistics, so a sample's action does not depend on the rest of the batch
+    full = a.act(b.obs, explore=False)
+    torch.testing.assert_close(a.act(b.obs[:3], explore=False), full[:3])
+    assert all(torch.equal(x, y) for x, y in zip(stats, [b.clone() for m in a._online for b in m.buffers()]))
+    # training: batch statistics (depend on the batch) and the running statistics move
+    a._set_train(True)
+    with torch.no_grad():
+        train_full = a.actor(a.encoder(b.obs))
+        train_part = a.actor(a.encoder(b.obs[:3]))
+    assert not torch.allclose(train_full[:3], train_part)
+    a._set_train(False)
+    out = a.update(b)
+    assert torch.isfinite(out["critic_loss"])
+    assert changed(stats, [b.clone() for m in a._online for b in m.buffers()])
+    assert a.encoder.training and a.actor.training  # the update ran in train mode (batch statistics)
+    a.act(b.obs, explore=False)  # acting switches to running statistics
+    assert not a.encoder.training and not a.target_encoder.training
+    # targets use running statistics copied from the online networks
+    for t, o in zip(a._target_stats, a._online_stats, strict=True):
+        assert torch.equal(t, o)
+
+
+def _expected_target(a: DDPGAgent, b: Batch, eps: torch.Tensor | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        feat = a.target_encoder(b.next_obs)
+        act = a.target_actor(feat)
+        if eps is not None:
+            noise = (eps * a.target_noise).clamp(-a.target_noise_clip, a.target_noise_clip) * a.actor.scale
+            act = torch.max(torch.min(act + noise, a._high), a._low)
+        qs = a.target_critic(feat, act)
+        return b.reward + b.discount * torch.stack(qs).min(0).values
+
+
+def test_twin_q_min_target_and_actor_uses_q1():
+    a = agent("agent.twin_q=true", "agent.critic_lr=0")
+    assert len(a.critic.heads) == 2
+    b = batch()
+    before = copy.deepcopy(a)
+    with torch.no_grad():
+        feat = before.target_encoder(b.next_obs)
+        q1, q2 = before.target_critic(feat, before.target_actor(feat))
+    assert not torch.equal(torch.min(q1, q2), q1)  # the min matters on this batch
+    out = a.update(b)
+    torch.testing.assert_close(out["target_q"], _expected_target(before, b).mean())
+    with torch.no_grad():
+        f = before.encoder(b.obs)
+        q1_online = before.critic(f, before.actor(f))[0]
+    torch.testing.assert_close(out["actor_loss"], -q1_online.mean())
+
+
+def test_target_policy_smoothing():
+    a = agent("agent.target_policy_noise=0.2", "agent.target_noise_clip=0.3", "agent.noise.clip=0")
+    b = batch()
+    before = copy.deepcopy(a)
+    eps = torch.randn(8, 3, generator=torch.Generator().set_state(a.generator.get_state()))
+    out = a.update(b)
+    expected = _expected_target(before, b, eps).mean()
+    torch.testing.assert_close(out["target_q"], expected)
+    assert not torch.allclose(expected, _expected_target(before, b).mean(), rtol=0, atol=1e-7)
+
+
+def test_actor_delay():
+    a = agent("agent.actor_delay=3")
+    b = batch()
+    history = []
+    for i in range(1, 7):
+        act, targets = params(a.actor), params(*a._targets)
+        out = a.update(b)
+        history.append((changed(act, params(a.actor)), changed(targets, params(*a._targets))))
+        assert isinstance(out["actor_loss"], torch.Tensor)
+        if i < 3:
+            assert torch.isnan(out["actor_loss"])
+    assert history == [(False, False), (False, False), (True, True)] * 2
+
+
+def test_random_shift_per_sample_within_pad():
+    pad, n = 4, 64
+    x = torch.randint(0, 256, (n, 6, 16, 20), dtype=torch.uint8)
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=torch.Generator().manual_seed(3))
+    out = random_shift(x, shifts, pad)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    padded = F.pad(x.float(), (pad,) * 4, mode="replicate")  # DrQ's definition: replicate-pad, crop
+    for i in range(n):
+        sy, sx = shifts[i].tolist()
+        assert torch.equal(out[i].float(), padded[i, :, sy:sy + 16, sx:sx + 20])
+    assert len({tuple(s) for s in shifts.tolist()}) > 10  # each sample its own shift
+    xf = x.float() / 255
+    assert random_shift(xf, shifts, pad).dtype == torch.float32
+
+
+def test_augment_in_the_update_uses_the_agent_generator():
+    b = batch()
+    obs_copy = b.obs.clone()
+    a1, a2 = agent("agent.augment=true", seed=0), agent("agent.augment=true", seed=0)
+    a2.generator.manual_seed(123)  # same weights, other shifts
+    o1, o2 = a1.update(b), a2.update(b)
+    assert not torch.equal(o1["critic_loss"], o2["critic_loss"])
+    assert torch.equal(b.obs, obs_copy)  # the batch is not shifted in place
+    plain = agent(seed=0).update(b)
+    assert not torch.equal(plain["critic_loss"], o1["critic_loss"])
+
+
+def test_drqv2_config_builds_and_updates():
+    cfg = compose(["agent=drqv2", "obs=pixels_drqv2"])
+    size, stack = int(cfg.obs.image_size), int(cfg.obs.frame_stack)
+    s = spec((3 * stack, size, size), action_dim=2)
+    a = make_agent(cfg.agent, s, CPU, 0)
+    assert a.batch_size == 256 and a.twin_q and a.augment and isinstance(a.noise, GaussianNoise)
+    convs = [m for m in a.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (1, 1)]
+    assert isinstance(a.critic.trunk[1], torch.nn.LayerNorm) and a.critic.trunk[0].out_features == 50
+    assert a.critic.heads[0].post[0].out_features == 1024 and len(a.critic.heads) == 2
+    b = batch(s, n=4)
+    out = a.update(b)
+    assert all(torch.isfinite(v) for v in out.values())
+    act = a.act(b.obs, explore=True, frame=1000)
+    assert act.shape == (4, 2) and act.abs().max() <= 1
+
+
+def test_state_obs_updates():
+    s = spec((5,))
+    a = agent(s=s)
+    b = batch(s, n=16)
+    for _ in range(2):
+        out = a.update(b)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert a.act(b.obs.double(), explore=True).dtype == torch.float32
