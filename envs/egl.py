@@ -49,11 +49,24 @@ def require_egl() -> None:
             f"cannot load the system EGL library ({_error}); pixel observations need it for "
             f"headless MuJoCo rendering. On Debian/Ubuntu: apt-get install {DEBIAN_PACKAGES}"
         )
+    _load_llvm_users_first()
     if _ENVPOOL_IMPORTED_FIRST:
         raise EGLUnavailable(
             "envpool was imported before pixel_ddpg could load the system libEGL.so.1; import "
             "envs (or pixel_ddpg) before envpool so that headless rendering works"
         )
+
+
+def _load_llvm_users_first() -> None:
+    """Load torch's compiler stack (Triton, with its own LLVM) before Mesa's llvmpipe loads LLVM.
+
+    Measured: once a pixel env has rendered on llvmpipe, the first ``torch._dynamo`` import
+    (``Adam(foreach=True)`` does it lazily) segfaults the process. In the other order both work.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # no torch: nothing to protect
+        pass
 
 
 def import_envpool():  # noqa: ANN201 - returns the envpool module

@@ -108,10 +108,11 @@ def _synthetic_steps(spec: Any, count: int, seed: int) -> list[tuple[EnvStep, np
 class Benchmark:
     """Runs the configured stages; results accumulate in ``self.results``."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, explicit: frozenset[str] = frozenset()) -> None:
+        """``explicit``: keys the user set on the command line; ``quick`` never overrides them."""
         self.cfg = cfg
         if cfg.quick:
-            cfg = OmegaConf.merge(cfg, {k: v for k, v in cfg.quick_settings.items()})
+            cfg = OmegaConf.merge(cfg, {k: v for k, v in cfg.quick_settings.items() if k not in explicit})
             self.cfg = cfg
         unknown = [s for s in cfg.stages if s not in STAGES]
         unknown += [v for v in cfg.update_variants if v not in VARIANTS]
@@ -390,7 +391,10 @@ def main_task(cfg: DictConfig) -> dict[str, Any]:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"out={out} is not writable ({exc.strerror})") from None
-    bench = Benchmark(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    explicit = frozenset(o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    bench = Benchmark(cfg, explicit)
     print(f"benchmark: {bench.settings.task_id} {bench.settings.obs_type} {bench.settings.image_size}px, "
           f"{bench.settings.num_envs} envs, device {bench.device}", flush=True)
     results = bench.run()
