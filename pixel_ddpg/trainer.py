@@ -165,7 +165,8 @@ class Trainer:
         return action.float().cpu().numpy()
 
     def _updates_due(self) -> int:
-        if len(self.replay) < self.learning_starts:
+        # Steps held, not transitions: the reset step alone is none, so also wait for n more.
+        if len(self.replay) < self.learning_starts or self.replay.num_added <= self.replay.nstep:
             return 0
         c = self.counters
         c.update_credit += float(self.cfg.utd_ratio) * self.spec.num_envs

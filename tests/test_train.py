@@ -139,3 +139,10 @@ def test_unwritable_run_dir_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.train", *TINY, "obs=state", f"hydra.run.dir={target}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not writable" in proc.stderr, proc.stderr
+
+
+def test_updates_wait_for_real_transitions_even_without_warmup(tmp_path):
+    """16 envs fill a batch of 16 with reset steps alone; no update may sample before a step."""
+    run = tmp_path / "run"
+    train(run, "obs=state", "num_envs=16", "warmup_frames=0", "total_frames=160", "log.every_frames=16")
+    assert any(r["critic_loss"] for r in rows(run / "train.csv"))
