@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 
@@ -384,13 +384,7 @@ def plot_sweep(results: dict[str, Any], out: Path) -> Path | None:
 
 def main_task(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(f".{out.name}.write-test")
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"out={out} is not writable ({exc.strerror})") from None
+    ensure_writable_dir(out.parent, "out (folder)")
     from hydra.core.hydra_config import HydraConfig
 
     explicit = frozenset(o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)

@@ -26,6 +26,19 @@ class UserError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
 
 
+def ensure_writable_dir(folder: Path, setting: str) -> Path:
+    """Create ``folder`` and prove it takes a file, before any work is done; ``setting`` names
+    the override that chose it, for the one-line error."""
+    probe = folder / ".write-test"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{setting}={folder} is not writable ({exc.strerror}); choose a writable folder") from None
+    return folder
+
+
 def conf_dir() -> Path:
     if not (CONF_DIR / "config.yaml").exists():
         raise UserError(f"config folder {CONF_DIR} is missing; install the project with `pip install -e .` from its clone")

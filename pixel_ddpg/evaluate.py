@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.rollout import agent_policy, run_episodes
 
@@ -27,14 +27,7 @@ def _out_dir(cfg: DictConfig, ckpt: dict[str, Any]) -> Path:
         out = Path(str(cfg.out_dir))
     else:
         out = ckpt_io.run_dir_of(ckpt["path"]) / "eval" / f"frame_{ckpt['counters']['frame']}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"out_dir {out} is not writable ({exc.strerror})") from None
-    return out
+    return ensure_writable_dir(out, "out_dir")
 
 
 class EpisodeRecorder:

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg.config import USER_ERRORS, UserError, cli, to_yaml
+from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -27,18 +27,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return kept + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     for a in argv:
         if a.startswith("hydra.run.dir="):
-            check_writable(Path(a.split("=", 1)[1]))
+            ensure_writable_dir(Path(a.split("=", 1)[1]), "hydra.run.dir")
     return argv
-
-
-def check_writable(run_dir: Path) -> None:
-    probe = run_dir / ".write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"run dir {run_dir} is not writable ({exc.strerror}); set hydra.run.dir=<a writable folder>") from None
 
 
 def _remove_if_only_hydra(run_dir: Path) -> None:
@@ -62,7 +52,7 @@ def run(cfg: DictConfig) -> None:
         resume = ckpt_io.load(cfg.resume)
         cfg = ckpt_io.merge_for_resume(ckpt_io.checkpoint_config(resume), cfg, list(hc.overrides.task))
         run_dir = ckpt_io.run_dir_of(resume["path"].resolve())
-    check_writable(run_dir)
+    ensure_writable_dir(run_dir, "hydra.run.dir")
     try:
         trainer = Trainer(cfg, run_dir, resume=resume)
     except USER_ERRORS:
