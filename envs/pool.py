@@ -44,6 +44,10 @@ class EnvSpec:
     def pixels(self) -> bool:
         return len(self.obs_shape) == 3
 
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        """Uniform actions within the bounds for every env: warm-up, previews, benchmarks."""
+        return rng.uniform(self.action_low, self.action_high, size=(self.num_envs, self.action_dim)).astype(np.float32)
+
 
 @dataclass
 class EnvStep:

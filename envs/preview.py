@@ -47,8 +47,7 @@ def preview(cfg: DictConfig) -> Path:
     with make_env(settings) as env:
         step = env.reset()
         for _ in range(int(cfg.steps)):
-            low, high = env.spec.action_low, env.spec.action_high
-            step = env.step(rng.uniform(low, high, size=(env.spec.num_envs, env.spec.action_dim)))
+            step = env.step(env.spec.random_actions(rng))
         image = obs_grid(step.obs[0], int(cfg.scale))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(out)

@@ -67,7 +67,7 @@ class NaiveLoop:
     def step(self, explore_random: bool = False) -> None:
         spec = self.env.spec
         if explore_random:
-            action = self.rng.uniform(spec.action_low, spec.action_high, size=(1, spec.action_dim))
+            action = spec.random_actions(self.rng)
         else:
             obs = torch.as_tensor(self.obs[None], device=self.device)
             if obs.dim() == 4:

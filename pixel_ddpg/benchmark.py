@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from envs import EnvSettings, EnvStep, VecEnv, make_env
+from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
 from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
@@ -71,11 +71,6 @@ def machine_info() -> dict[str, Any]:
             "mujoco": mujoco.__version__}
 
 
-def _random_actions(env: VecEnv, rng: np.random.Generator) -> np.ndarray:
-    s = env.spec
-    return rng.uniform(s.action_low, s.action_high, size=(s.num_envs, s.action_dim))
-
-
 def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     with make_env(settings) as env:
@@ -83,7 +78,7 @@ def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]
 
         def run() -> None:
             for _ in range(steps):
-                env.step(_random_actions(env, rng))
+                env.step(env.spec.random_actions(rng))
 
         frames = steps * env.spec.num_envs * env.spec.action_repeat
         return timer.rate(run, frames, "frames/s")

@@ -156,8 +156,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _actions(self, step: EnvStep) -> np.ndarray:
         if self.counters.frame < int(self.cfg.warmup_frames):
-            low, high = self.spec.action_low, self.spec.action_high
-            return self.rng.uniform(low, high, size=(self.spec.num_envs, self.spec.action_dim)).astype(np.float32)
+            return self.spec.random_actions(self.rng)
         obs = torch.as_tensor(step.obs, device=self.device)
         first = torch.as_tensor(step.first, device=self.device)
         with torch.no_grad():
