@@ -20,3 +20,10 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_readme_train_command_is_the_default_run():
     readme = (ROOT / "README.md").read_text()
     assert "pip install -e . && python -m pixel_ddpg.train env=cheetah obs=pixels" in readme
+
+
+def test_ci_runs_the_learning_test_the_readme_describes():
+    readme = (ROOT / "README.md").read_text()
+    assert "`python -m pytest -m learning -q`" in readme
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "python -m pytest -m learning -q" in ci_lines
