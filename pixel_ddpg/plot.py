@@ -1,6 +1,7 @@
 """Learning curves: evaluation return against env frames, from the ``eval.csv`` of run dirs.
 
-``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]``
+``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]
+[--reference LABEL=RETURN ...]``
 
 Why argparse and not Hydra: this command takes paths, not a config to compose.
 
@@ -199,8 +200,12 @@ def plot_runs(
     out: Path | str,
     label_by: str = "env",
     title: str | None = None,
+    references: Sequence[tuple[str, float]] = (),
 ) -> Path:
     """Write a PNG of evaluation return against env frames for ``run_dirs``; returns ``out``.
+
+    ``references``: (label, return) pairs drawn as dashed horizontal lines, such as a random
+    policy's return, so a curve reads against what learning has to beat.
 
     Shared by ``python -m pixel_ddpg.plot`` and the evaluate command. Raises :class:`UserError`
     for a run dir without a readable ``eval.csv`` or an output that cannot be written.
@@ -257,6 +262,9 @@ def plot_runs(
                 label = r.path.name if names.count(r.path.resolve().name) == 1 else str(r.path)
             single(r, label, color)
 
+    for i, (label, value) in enumerate(references):
+        ax.axhline(value, color="0.35", linestyle=("--", ":", "-.")[i % 3], linewidth=1, label=f"{label} ({value:g})")
+
     envs = sorted({labels[r.group] for r in runs})
     ax.set_title(title or ("Evaluation return: " + ", ".join(envs) if len(envs) <= 2 else "Evaluation return"))
     ax.set_xlabel("env frames (agent steps × action repeat)")
@@ -280,6 +288,17 @@ def plot_runs(
     return out
 
 
+def _reference(text: str) -> tuple[str, float]:
+    label, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not label.strip() or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not LABEL=RETURN (a label and a finite number)")
+    return label.strip(), number
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage mistakes as one ``error:`` line and exit code 2, like the other commands."""
 
@@ -296,9 +315,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--label-by", choices=LABEL_BY, default="env",
                         help="env: seeds of one config as mean and min-max band; seed/dir: every run on its own")
     parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--reference", action="append", default=[], type=_reference, metavar="LABEL=RETURN",
+                        help="a dashed line at a return, e.g. --reference 'random policy=303' (repeatable)")
     args = parser.parse_args(argv)
     try:
-        out = plot_runs(args.run_dirs, args.out, label_by=args.label_by, title=args.title)
+        out = plot_runs(args.run_dirs, args.out, label_by=args.label_by, title=args.title,
+                        references=args.reference)
     except UserError as exc:
         fail(str(exc))
         return

@@ -150,3 +150,15 @@ def test_unwritable_out(runs: list[Path], tmp_path: Path) -> None:
 def test_usage_errors_are_one_line() -> None:
     _one_error_line(plot())
     _one_error_line(plot("x", "--label-by", "colour"), "label-by")
+
+
+def test_reference_lines_are_drawn_and_bad_ones_refused(runs: list[Path], tmp_path: Path) -> None:
+    plain, marked = tmp_path / "plain.png", tmp_path / "marked.png"
+    assert plot(runs[0], "--out", plain).returncode == 0
+    proc = plot(runs[0], "--out", marked, "--reference", "random policy=150", "--reference", "zero action=-20.5")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(plain) as a, Image.open(marked) as b:
+        assert a.size == b.size and a.tobytes() != b.tobytes()
+    for bad in ("random", "=3", "random=abc", "random=nan"):
+        _one_error_line(plot(runs[0], "--out", tmp_path / "x.png", "--reference", bad), "LABEL=RETURN")
+    assert not (tmp_path / "x.png").exists()
