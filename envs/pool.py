@@ -14,12 +14,13 @@ observation is not real and must never be stored as one.
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from envs.egl import import_envpool, require_egl
+from envs.egl import import_envpool, require_egl, software_rendering
 from envs.errors import ConfigError
 from envs.render_profiles import base_path
 from envs.settings import EnvSettings
@@ -76,10 +77,17 @@ class VecEnv:
             raise ConfigError(f"env.task_id={settings.task_id!r} is not an EnvPool task")
         self.settings = settings
         standard = envpool.make_spec(settings.task_id).config.base_path
+        software = settings.pixels and software_rendering()
+        threads = settings.envpool_threads(software)
+        if software and threads != 1:
+            warnings.warn(
+                f"num_threads={settings.num_threads} renders pixels on several threads, but EGL is a software "
+                "rasterizer (Mesa llvmpipe), which can crash the process when contexts render concurrently; "
+                "num_threads=auto uses 1", RuntimeWarning, stacklevel=2)
         kwargs: dict = dict(
             num_envs=settings.num_envs,
             batch_size=settings.num_envs,
-            num_threads=settings.num_threads,
+            num_threads=threads,
             seed=settings.seed,
             max_episode_steps=settings.max_episode_steps,
             frame_skip=1,

@@ -32,7 +32,7 @@ class EnvSettings:
     render: str
     num_envs: int
     seed: int
-    num_threads: int = 0
+    num_threads: int | str = "auto"  # EnvPool worker threads: "auto", or N (0: EnvPool's one per env)
     episode_sim_steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -46,8 +46,8 @@ class EnvSettings:
             raise ConfigError(f"obs.action_repeat={self.action_repeat} must be at least 1")
         if _int(self.frame_stack, "obs.frame_stack") < 1:
             raise ConfigError(f"obs.frame_stack={self.frame_stack} must be at least 1")
-        if _int(self.num_threads, "num_threads") < 0:
-            raise ConfigError(f"num_threads={self.num_threads} must be 0 (automatic) or more")
+        if self.num_threads != "auto" and _int(self.num_threads, "num_threads") < 0:
+            raise ConfigError(f"num_threads={self.num_threads} must be auto, 0 (one per env) or more")
         _int(self.seed, "seed")
         _int(self.camera_id, "env.camera_id")
         if self.obs_type == "pixels":
@@ -77,13 +77,21 @@ class EnvSettings:
             render=str(cfg.render),
             num_envs=cfg.num_envs if num_envs is None else num_envs,
             seed=cfg.seed if seed is None else seed,
-            num_threads=cfg.get("num_threads", 0),
+            num_threads=cfg.get("num_threads", "auto"),
             episode_sim_steps=env.episode_sim_steps,
         )
 
     @property
     def pixels(self) -> bool:
         return self.obs_type == "pixels"
+
+    def envpool_threads(self, software_rendering: bool) -> int:
+        """EnvPool's ``num_threads``: ``auto`` is 1 when pixels come from a software rasterizer,
+        whose GL contexts crash when they render concurrently (see :func:`envs.egl.software_rendering`),
+        else 0 (EnvPool: one per env, capped by the cores)."""
+        if self.num_threads == "auto":
+            return 1 if (self.pixels and software_rendering) else 0
+        return int(self.num_threads)
 
     @property
     def max_episode_steps(self) -> int:

@@ -12,7 +12,7 @@ from envs import EnvSettings
 PAPER = dict(
     name="cartpole_balance", task_id="CartpoleBalance-v1", camera_id=0, obs_type="pixels",
     image_size=16, action_repeat=3, render_substeps=True, frame_stack=1, render="fast",
-    num_envs=2, seed=0, num_threads=0, episode_sim_steps=15,
+    num_envs=2, seed=0, num_threads="auto", episode_sim_steps=15,
 )
 DRQV2 = dict(PAPER, image_size=16, action_repeat=2, render_substeps=False, frame_stack=3, episode_sim_steps=10)
 STATE = dict(PAPER, obs_type="state", image_size=0, action_repeat=1, render_substeps=False, frame_stack=1)

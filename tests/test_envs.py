@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,11 +155,70 @@ def test_fast_profile_patches_a_copy_of_the_assets():
     (dict(obs_type="rgb"), "['pixels', 'state']"),
     (dict(render="pretty"), "['standard', 'fast']"),
     (dict(frame_stack=0), "obs.frame_stack=0"),
+    (dict(num_threads=-1), "num_threads=-1"),
+    (dict(num_threads="many"), "num_threads='many'"),
 ])
 def test_bad_settings_are_named(over, needle):
     with pytest.raises(ConfigError, match=None) as err:
         tiny(PAPER, **over)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("base,software,threads,expected", [
+    (PAPER, True, "auto", 1),    # software rasterizer: one render at a time
+    (PAPER, False, "auto", 0),   # a GPU's EGL: EnvPool's one thread per env
+    (STATE, True, "auto", 0),    # nothing rendered
+    (PAPER, True, 3, 3),         # an explicit number is kept (with a warning, below)
+    (PAPER, True, 0, 0),
+])
+def test_envpool_threads(base, software, threads, expected):
+    assert tiny(base, num_threads=threads).envpool_threads(software) == expected
+
+
+def test_several_render_threads_on_a_software_rasterizer_warn(monkeypatch):
+    import envs.pool
+
+    monkeypatch.setattr(envs.pool, "software_rendering", lambda: True)
+    with pytest.warns(RuntimeWarning, match="software rasterizer"):
+        make_env(tiny(PAPER, num_threads=2)).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_env(tiny(PAPER)).close()
+        make_env(tiny(STATE, num_threads=2)).close()
+
+
+def test_without_a_gpu_egl_is_a_software_rasterizer():
+    import torch
+
+    from envs.egl import software_rendering
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine: its EGL device may be hardware")
+    assert software_rendering() is True
+
+
+STRESS = """
+import sys, time, numpy as np
+import envs
+from envs import EnvSettings, make_env
+s = EnvSettings(name="cartpole_balance", task_id="CartpoleBalance-v1", camera_id=0, obs_type="pixels",
+                image_size=16, action_repeat=3, render_substeps=True, frame_stack=1, render="fast", num_envs=16,
+                seed=0, episode_sim_steps=300)
+rng, t0 = np.random.default_rng(0), time.time()
+with make_env(s) as env:
+    env.reset()
+    while time.time() - t0 < float(sys.argv[1]):
+        env.step_async(env.spec.random_actions(rng)); env.step_wait()
+print("survived")
+"""
+
+
+@pytest.mark.slow
+def test_many_pixel_envs_render_without_crashing():
+    # Regression: with one EnvPool thread per env, Mesa 22.3's llvmpipe killed this process
+    # (SIGSEGV in swrast_dri.so) after 30, 52 and 83 s in three tries; num_threads=auto survives.
+    proc = subprocess.run([sys.executable, "-c", STRESS, "120"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
 def test_bad_action_batches_are_refused():
