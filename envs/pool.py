@@ -83,7 +83,7 @@ class VecEnv:
             warnings.warn(
                 f"num_threads={settings.num_threads} renders pixels on several threads, but EGL is a software "
                 "rasterizer (Mesa llvmpipe), which can crash the process when contexts render concurrently; "
-                "num_threads=auto uses 1", RuntimeWarning, stacklevel=2)
+                "num_threads=auto uses 1", RuntimeWarning, stacklevel=3)
         kwargs: dict = dict(
             num_envs=settings.num_envs,
             batch_size=settings.num_envs,
