@@ -88,7 +88,7 @@ class EnvSettings:
     def envpool_threads(self, software_rendering: bool) -> int:
         """EnvPool's ``num_threads``: ``auto`` is 1 when pixels come from a software rasterizer,
         whose GL contexts crash when they render concurrently (see :func:`envs.egl.software_rendering`),
-        else 0 (EnvPool: one per env, capped by the cores)."""
+        else 0 (EnvPool: one per env)."""
         if self.num_threads == "auto":
             return 1 if (self.pixels and software_rendering) else 0
         return int(self.num_threads)

@@ -6,7 +6,7 @@ scores 520-660. On 2 CPU cores every seed we ran (docs/results.md) reached 950+ 
 and 70k frames. The thresholds leave room for other CPUs and torch builds (bitwise-different
 updates): each seed must reach 900 and finish with its last three evaluations averaging at least 800.
 
-Each seed takes about 2 minutes on 2 cores, so this is not in the fast set: `.ci/run` runs it
+Each seed takes 1.5-2.5 minutes on 2 cores, so this is not in the fast set: `.ci/run` runs it
 as a second command (README, "Tests").
 """
 
