@@ -199,11 +199,9 @@ def test_without_a_gpu_egl_is_a_software_rasterizer():
 
 STRESS = """
 import sys, time, numpy as np
-import envs
-from envs import EnvSettings, make_env
-s = EnvSettings(name="cartpole_balance", task_id="CartpoleBalance-v1", camera_id=0, obs_type="pixels",
-                image_size=16, action_repeat=3, render_substeps=True, frame_stack=1, render="fast", num_envs=16,
-                seed=0, episode_sim_steps=300)
+from envs import make_env
+from tests.conftest import PAPER, tiny
+s = tiny(PAPER, num_envs=16, episode_sim_steps=300)
 rng, t0 = np.random.default_rng(0), time.time()
 with make_env(s) as env:
     env.reset()

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs import EnvSettings, make_env
+from envs import make_env
 from pixel_ddpg.rollout import run_episodes
+from tests.conftest import STATE, tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +42,7 @@ FINAL = 800.0       # mean of the last three evaluations: it stays learned
 @pytest.fixture(scope="module")
 def baselines() -> dict[str, float]:
     """Returns of a uniform random and a do-nothing policy on the same task and episode length."""
-    settings = EnvSettings(name="cartpole_balance", task_id="CartpoleBalance-v1", camera_id=0, obs_type="state",
-                           image_size=0, action_repeat=4, render_substeps=False, frame_stack=1, render="fast",
-                           num_envs=4, seed=0, episode_sim_steps=1000)
+    settings = tiny(STATE, action_repeat=4, num_envs=4, episode_sim_steps=1000)
     rng = np.random.default_rng(0)
     with make_env(settings) as env:
         zeros = np.zeros((env.spec.num_envs, env.spec.action_dim), np.float32)
