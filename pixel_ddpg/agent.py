@@ -40,6 +40,9 @@ from pixel_ddpg.networks import build_networks
 from pixel_ddpg.noise import make_noise
 
 
+SATURATED = 0.99  # |a| above this share of the bound counts as a saturated action (train.csv: sat_frac)
+
+
 def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
     """DrQ random shift: each sample moved by its own (dy, dx) = shifts - pad, edges replicated.
 
@@ -67,6 +70,9 @@ class DDPGAgent:
         self.batch_size = int(c.batch_size if self.pixels else c.state_batch_size)
         self.gamma, self.tau = float(c.gamma), float(c.tau)
         self.actor_delay = int(c.actor_delay)
+        self.preact_penalty = float(c.actor_preact_penalty)
+        if not self.preact_penalty >= 0:
+            raise ConfigError(f"agent.actor_preact_penalty={c.actor_preact_penalty} must be >= 0")
         if self.actor_delay < 1:
             raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
         self.twin_q = bool(c.twin_q)
@@ -113,6 +119,7 @@ class DDPGAgent:
         self.noise = make_noise(c.noise, spec.action_dim, self.device, self.generator)
         self.updates = 0
         self._last_actor_loss = torch.full((), float("nan"), device=self.device)
+        self._last_pre_tanh = self._last_saturated = self._last_actor_loss
         self._low = torch.as_tensor(np.asarray(spec.action_low, np.float32), device=self.device)
         self._high = torch.as_tensor(np.asarray(spec.action_high, np.float32), device=self.device)
 
@@ -152,7 +159,7 @@ class DDPGAgent:
 
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, ...]:
         """MSE of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise])."""
         if shifts is not None:
             obs = random_shift(obs, shifts[0], self.pad)
@@ -175,12 +182,23 @@ class DDPGAgent:
             loss = F.mse_loss(qs[0].float(), target)
             for q in qs[1:]:
                 loss = loss + F.mse_loss(q.float(), target)
-        return loss, qs[0].detach().float().mean(), target.mean(), feat.detach()
+        feat_norm = feat.detach().float().norm(dim=1).mean()
+        return loss, qs[0].detach().float().mean(), target.mean(), feat.detach(), feat_norm
 
-    def _actor_loss(self, feat: torch.Tensor) -> torch.Tensor:
-        """−Q1(s, μ(s)) on detached features: the encoder never sees the actor's gradient."""
+    def _actor_loss(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """−Q1(s, μ(s)) on detached features: the encoder never sees the actor's gradient.
+
+        Also returns the mean |pre-tanh| and the share of saturated action components
+        (|a| > 0.99 of the bound), the two numbers that show a collapse onto the bounds.
+        """
         with self._autocast():
-            return -self.critic(feat, self.actor(feat))[0].float().mean()
+            pre = self.actor.pre_tanh(feat)
+            loss = -self.critic(feat, self.actor.squash(pre))[0].float().mean()
+        pre = pre.float()
+        if self.preact_penalty > 0:
+            loss = loss + self.preact_penalty * pre.square().mean()
+        saturated = (torch.tanh(pre.detach()).abs() > SATURATED).float().mean()
+        return loss, pre.detach().abs().mean(), saturated
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -205,7 +223,10 @@ class DDPGAgent:
         """One critic step; the actor step and target update every ``actor_delay`` calls.
 
         Returns detached tensors: critic_loss, actor_loss (the last one computed; NaN before the
-        first actor step), q (mean Q1 on the batch) and target_q (mean TD target).
+        first actor step), q (mean Q1 on the batch), target_q (mean TD target), and the collapse
+        diagnostics: feat_norm (mean L2 norm of the encoder features), pre_tanh (mean |pre-tanh|
+        of the actor) and sat_frac (share of action components beyond 0.99 of the bound), the last
+        two from the last actor step.
         """
         self.updates += 1
         update_actor = self.updates % self.actor_delay == 0
@@ -216,26 +237,28 @@ class DDPGAgent:
         target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g)
                       if self.target_noise > 0 else None)
         self._set_train(True)
-        critic_loss, q, target_q, feat = self._critic_loss_fn(batch.obs, batch.action, batch.reward, batch.discount,
-                                                              batch.next_obs, shifts, target_eps)
+        critic_loss, q, target_q, feat, feat_norm = self._critic_loss_fn(
+            batch.obs, batch.action, batch.reward, batch.discount, batch.next_obs, shifts, target_eps)
         self.critic_opt.zero_grad(set_to_none=True)
         self._backward(critic_loss)
         self._step(self.critic_opt)
         if update_actor:
             self.critic.requires_grad_(False)  # the actor's loss computes no critic gradient at all
             try:
-                actor_loss = self._actor_loss_fn(feat)
+                actor_loss, pre_tanh, saturated = self._actor_loss_fn(feat)
                 self.actor_opt.zero_grad(set_to_none=True)
                 self._backward(actor_loss)
             finally:
                 self.critic.requires_grad_(True)
             self._step(self.actor_opt)
             self._last_actor_loss = actor_loss.detach()
+            self._last_pre_tanh, self._last_saturated = pre_tanh, saturated
             self.update_targets()
         if self.scaler is not None:
             self.scaler.update()
         return {"critic_loss": critic_loss.detach(), "actor_loss": self._last_actor_loss, "q": q,
-                "target_q": target_q}
+                "target_q": target_q, "feat_norm": feat_norm, "pre_tanh": self._last_pre_tanh,
+                "sat_frac": self._last_saturated}
 
     @torch.no_grad()
     def update_targets(self) -> None:
@@ -278,7 +301,7 @@ class DDPGAgent:
             enc = _plain(c.encoder)
             sig["encoder"] = {"type": str(enc["type"]), "channels": [int(x) for x in enc["channels"]],
                               "kernels": [int(x) for x in enc["kernels"]], "strides": [int(x) for x in enc["strides"]],
-                              "feature_dim": int(enc["feature_dim"]) if enc["type"] == "drqv2" else None}
+                              "feature_dim": int(enc["feature_dim"]) if enc["trunk"] else None}
             sig["hidden"] = [int(h) for h in c.pixel_hidden]
         else:
             sig["encoder"] = None

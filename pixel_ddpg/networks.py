@@ -3,9 +3,11 @@
 Shapes follow Lillicrap et al. 2016 by default: 3 conv layers of 32 filters, no pooling,
 flattened; 200-200 heads for pixels, 400-300 for state; actions join the critic after its
 first layer; final layers uniform ±3e-4 (pixels) / ±3e-3 (state), every other layer uniform
-±1/sqrt(fan_in). DrQ-v2's shapes come from config (``encoder.type: drqv2``): its convs, then in
-each head a Linear→LayerNorm→tanh trunk to ``feature_dim``, as in DrQ-v2 (the trunk belongs to
-the head, so the actor's trunk learns from the actor's loss; the twin critics share theirs).
+±1/sqrt(fan_in). DrQ-v2's shapes come from config (``encoder.type: drqv2``: its convs; with
+``encoder.trunk: true``, in each head a Linear→LayerNorm→tanh trunk to ``feature_dim``, as in
+DrQ-v2: the trunk belongs to the head, so the actor's trunk learns from the actor's loss; the
+twin critics share theirs). The trunk also goes on the paper's convs: it bounds the features
+each head sees whatever scale the critic drives the conv features to.
 
 Batch norm (the paper's option): on the state input (pixels: after each conv), after every
 hidden layer of the actor, and on the critic's layers before the action joins.
@@ -108,9 +110,16 @@ class Actor(nn.Module):
         self.register_buffer("center", (high_t + low_t) / 2, persistent=False)
         self.register_buffer("scale", (high_t - low_t) / 2, persistent=False)
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+    def pre_tanh(self, feat: torch.Tensor) -> torch.Tensor:
+        """The output before the squashing tanh: where saturation shows (|u| > 2.65 gives |a| > 0.99 of the bound)."""
         x = self.trunk(feat) if self.trunk is not None else feat
-        return self.center + self.scale * torch.tanh(self.net(x).float())
+        return self.net(x).float()
+
+    def squash(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.center + self.scale * torch.tanh(pre)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.squash(self.pre_tanh(feat))
 
 
 class QHead(nn.Module):
@@ -179,7 +188,10 @@ def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.nd
         raise ConfigError("agent.encoder.channels, kernels and strides must be lists of the same length; "
                           f"got {channels}, {kernels}, {strides}")
     hidden = _ints(c.pixel_hidden if pixels else c.state_hidden, "agent.pixel_hidden" if pixels else "agent.state_hidden")
-    trunk_dim = int(enc.feature_dim) if pixels and kind == "drqv2" else None
+    trunk = enc.get("trunk", None)
+    if trunk not in (True, False):
+        raise ConfigError(f"agent.encoder.trunk={trunk!r} must be true or false")
+    trunk_dim = int(enc.feature_dim) if pixels and trunk else None
     if trunk_dim is not None and trunk_dim < 1:
         raise ConfigError(f"agent.encoder.feature_dim={trunk_dim} must be positive")
     final_init = float(c.final_init_pixels if pixels else c.final_init_state)

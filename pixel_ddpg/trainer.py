@@ -28,6 +28,7 @@ from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
 
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episodes
+SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
 
 
 def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
@@ -116,6 +117,7 @@ class Trainer:
                           resume_frame=self.counters.frame if resume is not None else None,
                           tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress)
         self._stop_signal: int | None = None
+        self._saturated_rows, self._saturation_warned = 0, False
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
 
     # ------------------------------------------------------------------ checkpoints
@@ -283,9 +285,21 @@ class Trainer:
                                "episode_return": float(np.mean(finished)) if finished else float("nan")}
         if metrics is not None:  # the only place a device value is read back
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
+            self._warn_if_saturated(row.get("sat_frac", float("nan")))
         self.log.train.write(row)
         self.log.scalars("train", row, c.frame)
         self._finished = []
+
+    def _warn_if_saturated(self, sat_frac: float) -> None:
+        """Say so once when every action sits on its bound at two log points in a row: under Adam
+        a saturated tanh actor does not come back by itself (docs/results.md, "The collapse")."""
+        self._saturated_rows = self._saturated_rows + 1 if sat_frac >= SATURATED_ROWS_SHARE else 0
+        if self._saturated_rows == 2 and not self._saturation_warned:
+            self._saturation_warned = True
+            self.log.progress.write(
+                f"warning: {sat_frac:.0%} of the actor's actions are at their bounds (tanh saturated) at "
+                f"{self.counters.frame:,} frames; it rarely recovers on its own: agent.actor_preact_penalty=0.01 "
+                "keeps it out of saturation (agent=ddpg_shift_nstep uses it)")
 
     def close(self) -> None:
         self.env.close()

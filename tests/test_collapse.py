@@ -1,0 +1,81 @@
+"""The actor's collapse onto the action bounds (issue 12): what shows it, and what undoes it.
+
+With the paper's pixel setup and TD3's faster rates (actor lr 1e-3, τ 0.005) every action went to
+−1 within 700 updates and stayed there. The diagnostics logged in train.csv show it (share of
+saturated actions, mean |pre-tanh|, encoder feature norm); the pre-tanh penalty makes the
+saturated state one the actor can leave.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pixel_ddpg.agent import SATURATED
+from tests.test_agent import agent, batch
+
+
+def test_update_reports_the_collapse_diagnostics():
+    a = agent("agent.actor_lr=1e-3")
+    b = batch(n=16)
+    with torch.no_grad():
+        feat = a.encoder(b.obs)
+        pre = a.actor.pre_tanh(feat)
+    out = a.update(b)
+    torch.testing.assert_close(out["feat_norm"], feat.norm(dim=1).mean())
+    torch.testing.assert_close(out["pre_tanh"], pre.abs().mean())
+    torch.testing.assert_close(out["sat_frac"], (torch.tanh(pre).abs() > SATURATED).float().mean())
+    assert all(not v.requires_grad for v in out.values())
+
+
+def _saturate(a) -> None:
+    """Put the actor where the collapse left it: every pre-tanh output near +8 (|a| > 0.9999)."""
+    with torch.no_grad():
+        a.actor.net[-1].bias.fill_(8.0)
+
+
+def _pre_tanh_after(a, updates: int) -> tuple[float, float]:
+    out = {}
+    for i in range(updates):
+        out = a.update(batch(n=16, seed=i))
+    return float(out["pre_tanh"]), float(out["sat_frac"])
+
+
+def test_without_the_penalty_saturation_is_absorbing():
+    a = agent("agent.actor_lr=1e-3")
+    _saturate(a)
+    start, _ = _pre_tanh_after(a, 1)
+    end, sat = _pre_tanh_after(a, 60)
+    assert sat == 1.0 and abs(end - start) < 0.2, (start, end)  # tanh's gradient is ~1e-7: no way back
+
+
+def test_the_pre_tanh_penalty_pulls_a_saturated_actor_back():
+    a = agent("agent.actor_lr=1e-3", "agent.actor_preact_penalty=0.01")
+    _saturate(a)
+    start, _ = _pre_tanh_after(a, 1)
+    end, sat = _pre_tanh_after(a, 60)
+    assert end < start - 2.0, (start, end)
+
+
+def test_trunk_on_the_paper_encoder_and_bad_values():
+    a = agent("agent.encoder.trunk=true")
+    assert isinstance(a.actor.trunk[1], torch.nn.LayerNorm) and a.actor.trunk[0].out_features == 50
+    assert a.config_signature()["encoder"]["feature_dim"] == 50
+    assert agent().config_signature()["encoder"]["feature_dim"] is None
+    import pytest
+
+    from envs.errors import ConfigError
+    with pytest.raises(ConfigError, match="actor_preact_penalty"):
+        agent("agent.actor_preact_penalty=-1")
+    with pytest.raises(ConfigError, match="trunk"):
+        agent("agent.encoder.trunk=maybe")
+
+
+def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_path):
+    from tests.test_train import rows, train
+
+    # An absurd actor rate saturates the actor within a few dozen updates.
+    proc = train(tmp_path / "run", "obs=pixels", "total_frames=480", "agent.actor_lr=0.3", "eval.every_frames=480")
+    logged = [r for r in rows(tmp_path / "run" / "train.csv") if r["sat_frac"]]
+    assert logged and all(r["feat_norm"] and r["pre_tanh"] for r in logged)
+    assert float(logged[-1]["sat_frac"]) >= 0.95, logged[-1]
+    assert proc.stdout.count("tanh saturated") == 1, proc.stdout

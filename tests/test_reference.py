@@ -1,0 +1,51 @@
+"""`python -m pixel_ddpg.reference`: returns of the policies that learned nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs import make_env
+from pixel_ddpg.config import UserError
+from pixel_ddpg.reference import reference_returns
+from pixel_ddpg.rollout import run_episodes
+from tests.conftest import PAPER, tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_zero_policy_on_swingup_scores_nothing_and_random_matches_a_direct_rollout():
+    # Pixel settings: the reference steps the same task blind (no rendering), same repeat and length.
+    settings = tiny(PAPER, name="cartpole", task_id="CartpoleSwingup-v1", episode_sim_steps=60)
+    out = reference_returns(settings, ["random", "zero"], episodes=4, seed=3)
+    assert max(out["zero"].returns) < 0.1  # the pole hangs (almost) straight down: upright reward ~0
+    assert all(n == 20 for n in out["random"].lengths)  # 60 physics steps / action repeat 3
+    blind = tiny(PAPER, name="cartpole", task_id="CartpoleSwingup-v1", episode_sim_steps=60, obs_type="state",
+                 image_size=0, render_substeps=False)
+    rng = np.random.default_rng(3)
+    with make_env(blind) as env:
+        direct = run_episodes(env, lambda obs, first: env.spec.random_actions(rng), 4)
+    assert out["random"].returns == direct.returns and max(direct.returns) > 0
+
+
+def test_unknown_policy_is_a_user_error():
+    with pytest.raises(UserError, match="'greedy'"):
+        reference_returns(tiny(), ["greedy"], episodes=1)
+
+
+def test_command_prints_and_writes_json(tmp_path):
+    out = tmp_path / "ref.json"
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.reference", "env=cartpole", "obs=pixels",
+                           "env.episode_sim_steps=30", "episodes=2", "eval.num_envs=2", f"out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 3, 10 agent steps\)", proc.stdout)
+    doc = json.loads(out.read_text())
+    assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 3
+    assert doc["policies"]["zero"]["episodes"] == 2
