@@ -105,7 +105,8 @@ def load_record(path: Path | str) -> QRecord:
     if p.is_dir():
         p = p / RECORD_FILE
     if not p.is_file():
-        raise UserError(f"{p} does not exist; run evaluate (q_record=true) on a checkpoint first")
+        raise UserError(f"{p} does not exist; give an eval dir holding {RECORD_FILE} (evaluate writes it, "
+                        f"q_record=true) or the file")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _ARRAYS}

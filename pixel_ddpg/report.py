@@ -216,7 +216,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pixel_ddpg.re
     parser.add_argument("--table", type=Path, default=None, help="CSV table (default: the figure's name, .csv)")
     parser.add_argument("--last", type=int, default=1,
                         help="a run's score: mean return of its last N evaluations (default 1: the final one)")
-    X
+    parser.add_argument("--reps", type=int, default=10000,
+                        help="bootstrap resamples (default 10000; rliable's own default, 50000, takes ~10 s a task)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval size (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     parser.add_argument("--title", default=None, help="figure title")
