@@ -175,7 +175,8 @@ class QRecorder:
         ordered = [self._done[i][r] for r in range(int(quota.max())) for i in range(self.num_envs)
                    if r < min(quota[i], len(self._done[i]))]
         if [len(e.q) for e in ordered] != list(lengths):
-            raise RuntimeError(f"Q record episode lengths {[len(e.q) for e in ordered]} differ from the rollout's {lengths}")
+            got = [len(e.q) for e in ordered]
+            raise RuntimeError(f"Q record episode lengths {got} differ from the rollout's {lengths}")
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
         for n, e in enumerate(ordered):
             t = np.arange(len(e.q))

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.test_plot import make_run
 from tests.test_train import ROOT, TINY
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
