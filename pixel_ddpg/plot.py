@@ -52,7 +52,8 @@ REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
 CONFIG_FILES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
 # Config keys that do not change what is learned; runs differing only in these (and the seed)
 # are seeds of one configuration.
-IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "compile")
+IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
+                "compile")
 LABEL_BY = ("env", "seed", "dir")
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # so the PNG is 800x500 pixels
