@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.errors import ConfigError, EGLUnavailable
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("env", "obs", "agent")
+GROUPS = ("env", "obs", "agent", "launcher")
 
 
 class UserError(RuntimeError):
@@ -24,6 +24,17 @@ class UserError(RuntimeError):
 
 # Errors shown as one line; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
+
+
+def _register_resolvers() -> None:
+    """``${div:a,b}``: conf/launcher/local.yaml splits the replay's memory share between the jobs
+    that run at once. Registered on import, so every process that composes or resolves has it
+    (a joblib or submitit worker imports this module to run the job)."""
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+
+
+_register_resolvers()
 
 
 def ensure_writable_dir(folder: Path, setting: str) -> Path:

@@ -3,12 +3,16 @@
 Rebuilds env, obs pipeline, render profile and networks from the checkpoint's own config,
 runs N episodes with deterministic actions on a batch of envs, prints the returns and writes
 ``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render).
+With ``q_record=true`` (the default) it also records the critic's Q against the discounted
+return that followed, step by step (``q_record.npz``; bias and correlation in eval.json's
+``q``; :mod:`pixel_ddpg.qestimate` says how time-limit truncation is handled).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
+from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
 from pixel_ddpg.rollout import agent_policy, run_episodes
 
 
@@ -75,6 +80,36 @@ class EpisodeRecorder:
         self.writers.clear()
 
 
+def _chain(hooks: list[Callable[[EnvStep, np.ndarray], None]]) -> Callable[[EnvStep, np.ndarray], None] | None:
+    if not hooks:
+        return None
+
+    def on_step(step: EnvStep, returns: np.ndarray) -> None:
+        for hook in hooks:
+            hook(step, returns)
+
+    return on_step
+
+
+def _write_q_record(qrec: QRecorder, lengths: list[int], summary: dict[str, Any], out: Path,
+                    tolerance: float | None) -> dict[str, Any]:
+    """q_record.npz beside eval.json, and eval.json's ``q`` entry (see :mod:`pixel_ddpg.qestimate`)."""
+    meta = {"checkpoint": summary["checkpoint"], "checkpoint_frame": summary["checkpoint_frame"],
+            "env": summary["env"], "obs": summary["obs"]}
+    record = qrec.record(summary["episodes"], lengths, meta)
+    q = summarize(record, tolerance)
+    record.save(out / RECORD_FILE)
+    for name in COMPARISONS:
+        c = q[name]
+        if c["steps"]:
+            corr = "n/a" if c["correlation"] is None else f"{c['correlation']:.3f}"
+            print(f"Q vs return ({name}, {c['steps']} steps): bias {c['bias']:+.2f}, correlation {corr}")
+        else:
+            print(f"Q vs return ({name}): no steps (the tail after the time limit weighs gamma^k >= {tolerance} "
+                  f"at every step: episodes are shorter than {q['horizon_steps']} agent steps)")
+    return q
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pixel_ddpg.agent import make_agent
     from pixel_ddpg.trainer import EVAL_SEED_OFFSET, env_signature
@@ -82,6 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     episodes = int(cfg.episodes)
     if episodes < 1:
         raise UserError(f"episodes={episodes} must be at least 1")
+    tolerance = check_tolerance(cfg.q_tail_tolerance) if cfg.q_record else None
     ckpt = ckpt_io.load(cfg.checkpoint)
     train_cfg = ckpt_io.checkpoint_config(ckpt)
     run_dir = ckpt_io.run_dir_of(ckpt["path"])
@@ -104,8 +140,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if cfg.video and int(cfg.video_episodes) > 0:
             recorder = EpisodeRecorder(env, out, min(int(cfg.video_episodes), episodes), int(cfg.video_size),
                                        int(cfg.video_fps))
+        policy = agent_policy(agent, precision.device)
+        qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if cfg.q_record else None
+        hooks = [h for h in (recorder, qrec.on_step if qrec else None) if h is not None]
         try:
-            res = run_episodes(env, agent_policy(agent, precision.device), episodes, on_step=recorder)
+            res = run_episodes(env, qrec.wrap(policy) if qrec else policy, episodes, on_step=_chain(hooks))
         finally:
             if recorder is not None:
                 recorder.close()
@@ -118,6 +157,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
         "videos": [p.name for p in (recorder.paths if recorder else [])],
     }
+    if qrec is not None:
+        summary["q"] = _write_q_record(qrec, res.lengths, summary, out, tolerance)
     if cfg.plot:
         from pixel_ddpg.plot import plot_runs
 

@@ -1,7 +1,15 @@
-"""Learning curves: evaluation return against env frames, from the ``eval.csv`` of run dirs.
+"""Figures from run dirs and eval dirs: learning curves, the critic's Q against the return, aggregates.
 
-``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]
-[--reference LABEL=RETURN ...]``
+``python -m pixel_ddpg.plot [curves] RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]
+[--reference LABEL=RETURN ...]``: evaluation return against env frames, from the ``eval.csv`` of run
+dirs (the default subcommand).
+
+``python -m pixel_ddpg.plot q EVAL... [--out q.png] [--returns observed|bootstrapped] [--steps
+all|tail-negligible]``: the DDPG paper's Figure 3 from evaluate's ``q_record.npz`` files, one
+colour per checkpoint (:func:`plot_q`).
+
+``python -m pixel_ddpg.plot report RUN_DIR_OR_SWEEP... [--out report.png]``: mean and IQM with
+bootstrap confidence intervals per task and across tasks (:mod:`pixel_ddpg.report`).
 
 Why argparse and not Hydra: this command takes paths, not a config to compose.
 
@@ -44,7 +52,8 @@ REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
 CONFIG_FILES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
 # Config keys that do not change what is learned; runs differing only in these (and the seed)
 # are seeds of one configuration.
-IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "compile")
+IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
+                "compile")
 LABEL_BY = ("env", "seed", "dir")
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # so the PNG is 800x500 pixels
@@ -164,7 +173,7 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, frame, mean, std, group, label, seed, flat)
 
 
-def _disambiguate(groups: dict[str, list[Run]]) -> dict[str, str]:
+def group_labels(groups: dict[str, list[Run]]) -> dict[str, str]:
     """Group labels; groups sharing a label (same env and obs) get the config keys that differ."""
     labels = {g: runs[0].label for g, runs in groups.items()}
     by_label: dict[str, list[str]] = {}
@@ -195,6 +204,37 @@ def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
 
 
+def new_figure(out: Path, figsize: tuple[float, float] = FIGSIZE) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend switch), after
+    checking that ``out``'s suffix is an image type Agg writes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    if fmt not in canvas.get_supported_filetypes():
+        raise UserError(f"cannot write {out}: unknown image type {fmt!r}; use .png")
+    return fig
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write ``fig`` whole to a temporary file, then rename: never half a PNG."""
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: folder {out.parent} cannot be created ({exc.strerror or exc})") from None
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
 def plot_runs(
     run_dirs: Sequence[Path | str],
     out: Path | str,
@@ -210,8 +250,6 @@ def plot_runs(
     Shared by ``python -m pixel_ddpg.plot`` and the evaluate command. Raises :class:`UserError`
     for a run dir without a readable ``eval.csv`` or an output that cannot be written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
     if label_by not in LABEL_BY:
@@ -226,17 +264,13 @@ def plot_runs(
             runs.append(load_run(d))
     out = Path(out)
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI)
-    canvas = FigureCanvasAgg(fig)  # Agg explicitly: no pyplot, no global backend switch
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    if fmt not in canvas.get_supported_filetypes():
-        raise UserError(f"cannot write {out}: unknown image type {fmt!r}; use .png")
+    fig = new_figure(out)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(runs))]
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)
-    labels = _disambiguate(groups)
+    labels = group_labels(groups)
 
     def single(run: Run, label: str, color: str) -> None:
         marker = "o" if len(run.frame) < 20 else None
@@ -274,18 +308,87 @@ def plot_runs(
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # written whole, then renamed: never half a PNG
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: folder {out.parent} cannot be created ({exc.strerror or exc})") from None
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    save_figure(fig, out)
     return out
+
+
+Q_RETURNS = ("observed", "bootstrapped")
+Q_STEPS = ("all", "tail-negligible")
+
+
+def plot_q(
+    sources: Sequence[Path | str],
+    out: Path | str,
+    returns: str = "observed",
+    steps: str = "all",
+    tolerance: float = 0.01,
+    title: str | None = None,
+) -> Path:
+    """The DDPG paper's Figure 3: the critic's Q(s, a) against the return that followed, one
+    colour per checkpoint, with the identity line; returns ``out``.
+
+    ``sources``: eval dirs holding ``q_record.npz`` (or the files). ``returns``: ``observed``
+    (discounted return to the episode's end) or ``bootstrapped`` (plus γ^{T−t} Q1(s_T, μ(s_T))
+    after a time limit); ``steps``: ``all`` or ``tail-negligible`` (only steps whose unobserved
+    tail weighs γ^{T−t} < ``tolerance``). See :mod:`pixel_ddpg.qestimate`.
+    """
+    from pixel_ddpg.qestimate import check_tolerance, compare, load_record, negligible_tail
+
+    if returns not in Q_RETURNS:
+        raise UserError(f"returns={returns!r} is not one of {', '.join(Q_RETURNS)}")
+    if steps not in Q_STEPS:
+        raise UserError(f"steps={steps!r} is not one of {', '.join(Q_STEPS)}")
+    tolerance = check_tolerance(tolerance)
+    if not sources:
+        raise UserError("no eval dirs or q_record.npz files given")
+    out = Path(out)
+    seen: set[Path] = set()
+    records = []
+    for src in map(Path, sources):
+        if src.resolve() not in seen:
+            seen.add(src.resolve())
+            records.append((src, load_record(src)))
+    records.sort(key=lambda sr: int(sr[1].meta.get("checkpoint_frame", 0)))
+    fig = new_figure(out)
+    ax = fig.add_subplot()
+    names = [f"{Path(str(r.meta.get('checkpoint', '?'))).name} @ {int(r.meta.get('checkpoint_frame', 0)):,} frames"
+             for _, r in records]
+    lo, hi, drawn = math.inf, -math.inf, 0
+    for i, ((src, r), name) in enumerate(zip(records, names)):
+        x = r.bootstrapped if returns == "bootstrapped" else r.ret
+        y = r.q
+        if steps == "tail-negligible":
+            keep = negligible_tail(r, tolerance)
+            x, y = x[keep], y[keep]
+        if names.count(name) > 1:
+            name = f"{name} ({src})"
+        c = compare(y, x)
+        if not c["steps"]:
+            ax.scatter([], [], color=f"C{i % 10}", label=f"{name}: no steps")
+            continue
+        corr = "n/a" if c["correlation"] is None else f"{c['correlation']:.2f}"
+        ax.scatter(x, y, s=6, alpha=0.4, linewidths=0, color=f"C{i % 10}",
+                   label=f"{name}: bias {c['bias']:+.1f}, r {corr}, {c['steps']} steps")
+        lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+        drawn += 1
+    if not drawn:
+        raise UserError(f"no steps to draw with --steps {steps}: every step's unobserved tail weighs gamma^k >= "
+                        f"{tolerance} (episodes shorter than the horizon); use --steps all or --returns bootstrapped")
+    pad = 0.02 * (hi - lo) or 1.0
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.2", linestyle="--", linewidth=1, label="Q = return")
+    gammas = sorted({r.gamma for _, r in records})
+    g = ", ".join(f"{v:g}" for v in gammas)
+    xlabel = f"observed discounted return from the step (γ={g})"
+    if returns == "bootstrapped":
+        xlabel += " + γ^(T−t) Q1(s_T, μ(s_T)) after a time limit"
+    ax.set_xlabel(xlabel + (f"; steps with tail weight < {tolerance:g}" if steps == "tail-negligible" else ""))
+    ax.set_ylabel("critic's estimate Q1(s, a)")
+    envs = sorted({f"{r.meta.get('env', '?')} {r.meta.get('obs', '?')}" for _, r in records})
+    ax.set_title(title or "Estimated Q vs observed return: " + ", ".join(envs))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small", markerscale=2)
+    fig.tight_layout()
+    return save_figure(fig, out)
 
 
 def _reference(text: str) -> tuple[str, float]:
@@ -307,8 +410,31 @@ class _Parser(argparse.ArgumentParser):
         raise AssertionError("unreachable")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line entry: ``python -m pixel_ddpg.plot RUN_DIR... [--out curve.png]``."""
+def _main_q(argv: Sequence[str]) -> None:
+    parser = _Parser(prog="python -m pixel_ddpg.plot q",
+                     description="The critic's Q against the observed return (DDPG paper, Figure 3).")
+    parser.add_argument("sources", nargs="+", type=Path, metavar="EVAL",
+                        help="eval dirs holding q_record.npz (from evaluate), or the files; one colour each")
+    parser.add_argument("--out", type=Path, default=Path("q.png"), help="image to write (default: q.png)")
+    parser.add_argument("--returns", choices=Q_RETURNS, default="observed",
+                        help="observed: discounted return to the episode's end; bootstrapped: plus the critic's "
+                             "value of the last state after a time limit")
+    parser.add_argument("--steps", choices=Q_STEPS, default="all",
+                        help="tail-negligible: only steps far enough from the time limit that the unseen tail "
+                             "weighs gamma^k < --tolerance")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="tail weight for --steps tail-negligible")
+    parser.add_argument("--title", default=None, help="figure title")
+    args = parser.parse_args(argv)
+    try:
+        out = plot_q(args.sources, args.out, returns=args.returns, steps=args.steps, tolerance=args.tolerance,
+                     title=args.title)
+    except UserError as exc:
+        fail(str(exc))
+        return
+    print(f"wrote {out}")
+
+
+def _main_curves(argv: Sequence[str]) -> None:
     parser = _Parser(prog="python -m pixel_ddpg.plot", description="Plot evaluation return against env frames.")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs holding eval.csv")
     parser.add_argument("--out", type=Path, default=Path("curve.png"), help="image to write (default: curve.png)")
@@ -326,6 +452,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     print(f"wrote {out}")
 
+
+def _main_report(argv: Sequence[str]) -> None:
+    from pixel_ddpg.report import main as report_main
+
+    report_main(argv, prog="python -m pixel_ddpg.plot report")
+
+
+SUBCOMMANDS = {"curves": _main_curves, "q": _main_q, "report": _main_report}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line entry: ``python -m pixel_ddpg.plot [curves] RUN_DIR...``, ``... q EVAL...``,
+    ``... report RUN_DIR...``. Without a subcommand the arguments are run dirs (curves); a run dir
+    literally named ``q``, ``report`` or ``curves`` is given as ``./q``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        SUBCOMMANDS[args[0]](args[1:])
+    else:
+        _main_curves(args)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -38,6 +38,11 @@ def agent_policy(agent: object, device: torch.device) -> Policy:
     return act
 
 
+def episode_quota(num_envs: int, episodes: int) -> np.ndarray:
+    """How many of the ``episodes`` each env runs: env i takes one more while they do not divide."""
+    return np.array([episodes // num_envs + (i < episodes % num_envs) for i in range(num_envs)])
+
+
 def run_episodes(env: VecEnv, policy: Policy, episodes: int,
                  on_step: Callable[[EnvStep, np.ndarray], None] | None = None) -> EpisodeResults:
     """Run ``episodes`` whole episodes over the env batch (env i runs its share in turn).
@@ -48,7 +53,7 @@ def run_episodes(env: VecEnv, policy: Policy, episodes: int,
     if episodes < 1:
         raise ValueError(f"episodes={episodes} must be at least 1")
     n = env.spec.num_envs
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    quota = episode_quota(n, episodes)
     per_env: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     ep_return = np.zeros(n, np.float64)
     ep_length = np.zeros(n, np.int64)

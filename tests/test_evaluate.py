@@ -76,6 +76,7 @@ def test_bad_input_is_one_clear_line(pixel_run, tmp_path):
         ([f"checkpoint={tmp_path}"], "no checkpoints/last.pt"),
         ([f"checkpoint={pixel_run}", "episodes=0"], "episodes=0"),
         ([f"checkpoint={pixel_run}", "out_dir=/proc/forbidden"], "not writable"),
+        ([f"checkpoint={pixel_run}", "q_tail_tolerance=2"], "q_tail_tolerance=2"),
     ]
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")
@@ -93,3 +94,56 @@ def test_bad_input_is_one_clear_line(pixel_run, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert needle in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_q_record_matches_the_steps_and_rewards_and_draws_the_figure(pixel_run, tmp_path):
+    """Figure 3 of the DDPG paper: the critic's Q(s, a) against the discounted return that followed."""
+    from PIL import Image
+
+    from pixel_ddpg.qestimate import load_record
+
+    evals = []
+    for name in ("last.pt", "best.pt"):  # two checkpoints of one run on one figure
+        out = tmp_path / name
+        proc = evaluate(f"checkpoint={pixel_run}/checkpoints/{name}", "episodes=3", "num_envs=2", f"out_dir={out}",
+                        "video=false")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        evals.append(out)
+    summary = json.loads((evals[0] / "eval.json").read_text())
+    record = load_record(evals[0])
+    gamma = summary["q"]["gamma"]
+    assert gamma == 0.99  # the checkpoint's agent.gamma
+    assert len(record.q) == sum(summary["lengths"]) == 30  # one entry per step taken
+    for n, (length, episode_return) in enumerate(zip(summary["lengths"], summary["returns"])):
+        rewards = record.reward[record.episode == n]
+        assert len(rewards) == length and np.isclose(rewards.sum(), episode_return)
+        direct = [sum(gamma**k * rewards[t + k] for k in range(length - t)) for t in range(length)]
+        np.testing.assert_allclose(record.ret[record.episode == n], direct, rtol=1e-12)
+        np.testing.assert_allclose(record.tail_weight[record.episode == n], gamma ** (length - np.arange(length)))
+    assert np.isfinite(record.q).all() and np.isfinite(record.tail_q).all()
+    q = summary["q"]
+    assert q["all_steps"]["steps"] == 30 and np.isclose(q["all_steps"]["bias"], np.mean(record.q - record.ret))
+    assert np.isclose(q["all_steps"]["correlation"], np.corrcoef(record.q, record.ret)[0, 1])
+    assert np.isclose(q["bootstrapped"]["bias"], np.mean(record.q - record.ret - record.tail_weight * record.tail_q))
+    assert q["horizon_steps"] == 459 and q["tail_negligible"]["steps"] == 0  # 10-step episodes: every tail counts
+    assert "time limit" in q["truncation"]
+
+    figure = tmp_path / "figs" / "q.png"
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.plot", "q", *map(str, evals), "--out", str(figure)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.size == (800, 500)
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.plot", "q", str(evals[0]), "--steps", "tail-negligible",
+                           "--out", str(tmp_path / "none.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no steps to draw" in proc.stderr and not (tmp_path / "none.png").exists()
+
+
+def test_discounted_returns_and_horizon():
+    from pixel_ddpg.qestimate import compare, discounted_returns, horizon
+
+    np.testing.assert_allclose(discounted_returns(np.array([1.0, 2.0, 4.0]), 0.5), [1 + 1 + 1, 2 + 2, 4])
+    assert horizon(0.99, 0.01) == 459 and 0.99**459 < 0.01 <= 0.99**458
+    assert horizon(1.0, 0.01) is None
+    c = compare(np.array([2.0, 3.0]), np.array([1.0, 1.0]))
+    assert c["bias"] == 1.5 and c["correlation"] is None and c["steps"] == 2  # a constant return has no correlation

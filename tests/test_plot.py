@@ -162,3 +162,10 @@ def test_reference_lines_are_drawn_and_bad_ones_refused(runs: list[Path], tmp_pa
     for bad in ("random", "=3", "random=abc", "random=nan"):
         _one_error_line(plot(runs[0], "--out", tmp_path / "x.png", "--reference", bad), "LABEL=RETURN")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_subcommands_sit_beside_the_plain_run_dir_form(runs: list[Path], tmp_path: Path) -> None:
+    proc = plot("curves", runs[0], "--out", tmp_path / "c.png")
+    assert proc.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0, proc.stderr
+    _one_error_line(plot("q", tmp_path / "no_eval", "--out", tmp_path / "q.png"), "q_record.npz", "does not exist")
+    _one_error_line(plot("q", runs[0], "--returns", "imagined"), "--returns")

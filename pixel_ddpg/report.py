@@ -1,0 +1,235 @@
+"""Aggregate scores of a sweep: per task and across tasks, mean and interquartile mean (IQM)
+with stratified bootstrap confidence intervals, computed by ``rliable`` (Agarwal et al. 2021).
+
+``python -m pixel_ddpg.plot report SWEEP_OR_RUN_DIR... [--out report.png] [--last N]``
+(also ``python -m pixel_ddpg.report``).
+
+Runs: every folder holding an ``eval.csv`` under the given dirs (a Hydra sweep dir, a parent of
+several, or run dirs themselves). Tasks: runs whose configs differ only in the seed (and the
+keys :data:`pixel_ddpg.plot.IGNORED_KEYS` leaves out) are the seeds of one task, labelled by
+env and obs as in the curves. A run's score is the mean evaluation return (``return_mean``) of
+its last ``--last`` rows of eval.csv (default 1: the final evaluation), the raw dm_control
+return (every task is on the same 0-1000 scale, so nothing is normalised). Across tasks, the
+statistics are taken over the runs × tasks score matrix with runs resampled within each task;
+it needs the same number of runs in every task (rliable's layout) and is left out otherwise.
+
+Writes a table to stdout and to a CSV beside the figure, and the figure: one row per task and
+one for all tasks, point estimate and confidence interval, every run's score as a dot.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixel_ddpg.config import UserError, fail
+from pixel_ddpg.plot import EVAL_CSV, Run, _Parser, group_labels, load_run, new_figure, save_figure
+
+ALL_TASKS = "all tasks"
+STATISTICS = ("mean", "iqm")
+COLUMNS = ("task", "runs", "seeds", "frames", "score", "mean", "mean_low", "mean_high", "iqm", "iqm_low", "iqm_high")
+
+
+@dataclass
+class TaskScores:
+    label: str
+    runs: list[Run]
+    scores: np.ndarray  # one per run
+    frames: list[int]  # the frame of each run's last evaluation
+
+
+@dataclass
+class Row:
+    task: str
+    runs: int
+    seeds: str
+    frames: str
+    point: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+
+
+def find_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
+    """Folders holding eval.csv: the paths themselves or below them (hidden folders skipped)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError(f"{p} " + ("is not a folder" if p.exists() else "does not exist"))
+        if (p / EVAL_CSV).is_file():
+            found.append(p)
+            continue
+        below = sorted(d.parent for d in p.rglob(EVAL_CSV)
+                       if not any(part.startswith(".") for part in d.relative_to(p).parts))
+        if not below:
+            raise UserError(f"{p} holds no run dir with an {EVAL_CSV}")
+        found.extend(below)
+    unique: dict[Path, Path] = {}
+    for d in found:
+        unique.setdefault(d.resolve(), d)
+    return list(unique.values())
+
+
+def task_scores(run_dirs: Sequence[Path], last: int = 1) -> list[TaskScores]:
+    """Each run's score (mean of its last ``last`` evaluations), grouped into tasks."""
+    if last < 1:
+        raise UserError(f"--last {last} must be at least 1")
+    groups: dict[str, list[Run]] = {}
+    for d in run_dirs:
+        run = load_run(d)
+        groups.setdefault(run.group, []).append(run)
+    labels = group_labels(groups)
+    tasks = []
+    for g, runs in groups.items():
+        runs.sort(key=lambda r: (r.seed is None, r.seed, str(r.path)))
+        scores = np.array([float(np.mean(r.mean[-last:])) for r in runs])
+        tasks.append(TaskScores(labels[g], runs, scores, [int(r.frame[-1]) for r in runs]))
+    tasks.sort(key=lambda t: t.label)
+    return tasks
+
+
+def _rliable() -> tuple[Any, Any]:
+    try:
+        from rliable import library, metrics
+    except ImportError as exc:
+        raise UserError(f"the report needs rliable ({exc}); install it with pip install -e '.[cluster]'") from None
+    return library, metrics
+
+
+def interval_estimates(tasks: Sequence[TaskScores], reps: int, confidence: float, seed: int) -> list[Row]:
+    """Mean and IQM with percentile stratified-bootstrap intervals, per task and across tasks."""
+    if reps < 1:
+        raise UserError(f"--reps {reps} must be at least 1")
+    if not 0.0 < confidence < 1.0:
+        raise UserError(f"--confidence {confidence} must be between 0 and 1")
+    library, metrics = _rliable()
+
+    def stats(matrix: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_mean(matrix), metrics.aggregate_iqm(matrix)])
+
+    matrices = {t.label: t.scores[:, None] for t in tasks}
+    counts = {len(t.scores) for t in tasks}
+    if len(tasks) > 1 and len(counts) == 1:
+        matrices[ALL_TASKS] = np.stack([t.scores for t in tasks], axis=1)  # runs x tasks
+    with warnings.catch_warnings():  # arch deprecates the RandomState that rliable passes on; the draws are the same
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
+        point, interval = library.get_interval_estimates(
+            matrices, stats, reps=reps, confidence_interval_size=confidence,
+            random_state=np.random.RandomState(seed))
+    rows = []
+    for t in tasks:
+        seeds = ",".join("?" if r.seed is None else str(r.seed) for r in t.runs)
+        frames = f"{min(t.frames)}" if min(t.frames) == max(t.frames) else f"{min(t.frames)}-{max(t.frames)}"
+        rows.append(_row(t.label, len(t.scores), seeds, frames, point[t.label], interval[t.label]))
+    if ALL_TASKS in matrices:
+        n = matrices[ALL_TASKS].size
+        frames = sorted({f for t in tasks for f in t.frames})
+        span = f"{frames[0]}" if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
+        rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks x {n // len(tasks)}", span, point[ALL_TASKS],
+                         interval[ALL_TASKS]))
+    return rows
+
+
+def _row(task: str, runs: int, seeds: str, frames: str, point: np.ndarray, interval: np.ndarray) -> Row:
+    return Row(task, runs, seeds, frames, dict(zip(STATISTICS, map(float, point))),
+               dict(zip(STATISTICS, map(float, interval[0]))), dict(zip(STATISTICS, map(float, interval[1]))))
+
+
+def markdown_table(rows: Sequence[Row], basis: str, confidence: float) -> str:
+    pct = f"{confidence * 100:g}%"
+    lines = [f"| task | runs | seeds | frames | mean [{pct} CI] | IQM [{pct} CI] |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r.point[s]:.1f} [{r.low[s]:.1f}, {r.high[s]:.1f}]" for s in STATISTICS]
+        lines.append(f"| {r.task} | {r.runs} | {r.seeds} | {r.frames} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + f"\n\nscore per run: {basis}; stratified bootstrap (rliable), percentile intervals"
+
+
+def write_csv(rows: Sequence[Row], basis: str, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for r in rows:
+                w.writerow([r.task, r.runs, r.seeds, r.frames, basis, r.point["mean"], r.low["mean"], r.high["mean"],
+                            r.point["iqm"], r.low["iqm"], r.high["iqm"]])
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def plot_report(rows: Sequence[Row], tasks: Sequence[TaskScores], out: Path, basis: str, confidence: float,
+                title: str | None = None) -> Path:
+    """Two panels (mean, IQM): a row per task and one for all tasks; estimate, interval, run dots."""
+    fig = new_figure(out, figsize=(10.0, 1.2 + 0.45 * len(rows)))
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))[::-1]
+    by_label = {t.label: t.scores for t in tasks}
+    for ax, stat, name in zip(axes, STATISTICS, ("mean", "interquartile mean (IQM)")):
+        for yi, r in zip(y, rows):
+            color = "C3" if r.task == ALL_TASKS else "C0"
+            ax.plot([r.low[stat], r.high[stat]], [yi, yi], color=color, linewidth=6, alpha=0.35,
+                    solid_capstyle="butt")
+            ax.plot([r.point[stat]], [yi], "|", color=color, markersize=14, markeredgewidth=2)
+            dots = by_label.get(r.task, np.stack([t.scores for t in tasks]).ravel() if r.task == ALL_TASKS else [])
+            ax.plot(dots, np.full(len(dots), yi), ".", color="0.25", markersize=4)
+        ax.set_title(name)
+        ax.set_xlabel(f"return ({basis})")
+        ax.grid(True, axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [r.task for r in rows])
+    fig.suptitle(title or f"{confidence * 100:g}% stratified bootstrap confidence intervals; dots: runs")
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def report(paths: Sequence[Path | str], out: Path | str, last: int = 1, reps: int = 10000,
+           confidence: float = 0.95, seed: int = 0, table: Path | str | None = None,
+           title: str | None = None) -> tuple[list[Row], Path, Path]:
+    """Find the runs, estimate, write figure and CSV; returns (rows, figure, csv)."""
+    out = Path(out)
+    new_figure(out)  # refuse a bad image type before any work
+    tasks = task_scores(find_run_dirs(paths), last)
+    basis = "final evaluation" if last == 1 else f"mean of the last {last} evaluations"
+    rows = interval_estimates(tasks, reps, confidence, seed)
+    figure = plot_report(rows, tasks, out, basis, confidence, title)
+    table_path = write_csv(rows, basis, Path(table) if table is not None else out.with_suffix(".csv"))
+    print(markdown_table(rows, basis, confidence))
+    if len(tasks) > 1 and not any(r.task == ALL_TASKS for r in rows):
+        counts = ", ".join(f"{t.label}: {len(t.scores)}" for t in tasks)
+        print(f"no across-task row: the tasks have different numbers of runs ({counts})")
+    return rows, figure, table_path
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pixel_ddpg.report") -> None:
+    parser = _Parser(prog=prog, description="Mean and IQM with bootstrap confidence intervals over a sweep's runs.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="DIR", help="sweep dirs or run dirs (eval.csv below)")
+    parser.add_argument("--out", type=Path, default=Path("report.png"), help="figure (default: report.png)")
+    parser.add_argument("--table", type=Path, default=None, help="CSV table (default: the figure's name, .csv)")
+    parser.add_argument("--last", type=int, default=1,
+                        help="a run's score: mean return of its last N evaluations (default 1: the final one)")
+    parser.add_argument("--reps", type=int, default=10000,
+                        help="bootstrap resamples (default 10000; rliable's own default, 50000, takes ~10 s a task)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval size (default 0.95)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    parser.add_argument("--title", default=None, help="figure title")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        _, figure, table = report(args.paths, args.out, last=args.last, reps=args.reps, confidence=args.confidence,
+                                  seed=args.seed, table=args.table, title=args.title)
+    except UserError as exc:
+        fail(str(exc))
+        return
+    print(f"wrote {figure} and {table}")
+
+
+if __name__ == "__main__":
+    main()
