@@ -1,24 +1,34 @@
-"""Checkpoints: written atomically, read with clear errors, checked against the config.
+"""Checkpoints: written atomically, read as data only, checked against the config.
 
 A checkpoint is a dict saved with ``torch.save``: format tag and version, the resolved config,
-the env and agent signatures, agent state, counters, RNG states and optionally the replay.
+the env and agent signatures, agent state, counters, RNG states, provenance and optionally the
+replay. Everything in it is tensors, numbers, strings, lists, tuples and dicts, so it is read
+with ``torch.load(weights_only=True)``: a shared ``.pt`` file can hold nothing that runs code
+when it is loaded, and a file that asks to import anything is refused unread.
+
+Format version 1 stored NumPy's RNG state as an ndarray (and torch's version as a TorchVersion);
+``python -m pixel_ddpg.checkpoint convert OLD NEW`` rewrites such a file as version 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import pickletools
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.config import USER_ERRORS, UserError, fail
 
 FORMAT = "pixel_ddpg.checkpoint"
-VERSION = 1
+VERSION = 2
 CKPT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -26,6 +36,29 @@ BEST = "best.pt"
 # Config keys a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_KEYS = ("total_frames", "device", "compile", "amp", "amp_dtype", "num_threads", "torch_threads", "log", "eval",
                   "checkpoint", "resume", "async_env", "replay.save_in_checkpoint")
+
+# What a version-1 file needs beyond plain data. Only ``convert`` allows these, and only while it reads.
+_NP_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NP_DTYPES = tuple(type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.bool_))
+VERSION_1_GLOBALS = (_NP_RECONSTRUCT, np.ndarray, np.dtype, *_NP_DTYPES, torch.torch_version.TorchVersion)
+_VERSION_1_NAMES = {f"{g.__module__}.{g.__name__}" for g in VERSION_1_GLOBALS}
+CONVERT_COMMAND = "python -m pixel_ddpg.checkpoint convert"
+
+
+def numpy_rng_to_data(state: tuple | dict[str, Any]) -> dict[str, Any]:
+    """NumPy's global (MT19937) RNG state, from ``np.random.get_state()``, as plain values."""
+    if isinstance(state, tuple):  # the legacy form: (name, key, pos, has_gauss, gauss)
+        name, key, pos, has_gauss, gauss = state
+        state = {"bit_generator": name, "state": {"key": key, "pos": pos}, "has_gauss": has_gauss, "gauss": gauss}
+    return {"bit_generator": str(state["bit_generator"]),
+            "state": {"key": [int(k) for k in state["state"]["key"]], "pos": int(state["state"]["pos"])},
+            "has_gauss": int(state["has_gauss"]), "gauss": float(state["gauss"])}
+
+
+def numpy_rng_from_data(data: dict[str, Any]) -> dict[str, Any]:
+    """What ``np.random.set_state`` takes, from :func:`numpy_rng_to_data`'s plain values."""
+    return {**data, "state": {"key": np.asarray(data["state"]["key"], dtype=np.uint32),
+                              "pos": int(data["state"]["pos"])}}
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -60,21 +93,102 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CKPT_DIR else checkpoint.parent
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; every failure is one clear UserError."""
-    p = find_checkpoint(path)
+def _pickle_imports(path: Path) -> list[str] | None:
+    """The globals a bare pickle file would import, read from its opcodes without running it;
+    None when it is not a pickle at all."""
+    names, strings = [], []
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError,
-            AttributeError, ModuleNotFoundError) as exc:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "a global")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, OSError, UnicodeDecodeError):
+        return None
+    return sorted(set(names))
+
+
+def unsafe_imports(path: Path) -> list[str] | None:
+    """What loading ``path`` would import beyond plain data and tensors, found without loading it;
+    None when that cannot be told (the file is not a torch archive or a pickle)."""
+    if zipfile.is_zipfile(path):
+        try:
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except (ValueError, RuntimeError, OSError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError):
+            return None
+    return _pickle_imports(path)
+
+
+def _refusal(path: Path, exc: BaseException | None) -> UserError:
+    names = unsafe_imports(path)
+    if names and set(names) <= _VERSION_1_NAMES:
+        return UserError(f"{path} holds NumPy arrays, as checkpoints of format version 1 did, which a safe load "
+                         f"refuses; convert it once with `{CONVERT_COMMAND} {path} NEW.pt` (it reads only plain "
+                         f"data and NumPy arrays) and use NEW.pt")
+    if names:
+        return UserError(f"{path} is not trusted data: loading it would import {', '.join(names)}, and a pixel_ddpg "
+                         f"checkpoint holds only tensors, numbers, strings, lists and dicts; refused, nothing in it ran")
+    if names is None:
+        return UserError(f"{path} is not a readable pixel_ddpg checkpoint (neither a torch archive nor a pickle)")
+    why = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln] or [type(exc).__name__]
+    if exc is None:
+        why = ["a pickle, not a torch.save archive"]
+    return UserError(f"{path} is not a readable pixel_ddpg checkpoint ({why[0]})")
+
+
+def _read(p: Path, map_location: str | torch.device, allow: Sequence[Any] = ()) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``, with ``allow`` added to the allowed globals while it reads."""
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is never unpickled
+        raise _refusal(p, None)
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _refusal(p, exc) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError, AttributeError, KeyError) as exc:
         raise UserError(f"{p} is not a readable pixel_ddpg checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{p} is not a pixel_ddpg checkpoint")
     version = ckpt.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise UserError(f"{p} has checkpoint format version {version}; this pixel_ddpg reads up to {VERSION}: upgrade it")
+    return upgrade(ckpt)
+
+
+def upgrade(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of an older format version in the current layout (in place)."""
+    if ckpt["version"] == 1:
+        rng = ckpt.get("rng") or {}
+        if "numpy" in rng:
+            rng["numpy"] = numpy_rng_to_data(rng["numpy"])
+        if "python" in rng:
+            rng["python"] = tuple(rng["python"])
+        torch_version = ckpt.pop("torch_version", None)
+        ckpt.setdefault("provenance", {"torch": None if torch_version is None else str(torch_version)})
+        ckpt["version"] = 2
+    return ckpt
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint as data (no code in it runs) and validate it; every failure is one UserError."""
+    p = find_checkpoint(path)
+    ckpt = _read(p, map_location)
     ckpt["path"] = p
     return ckpt
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rewrite a format-version-1 checkpoint as the current version. It reads with NumPy arrays
+    (and torch's version string type) allowed besides plain data, nothing else: a crafted file
+    is refused here as by :func:`load`."""
+    p = find_checkpoint(src)
+    ckpt = _read(p, "cpu", allow=VERSION_1_GLOBALS)
+    out = Path(dst).expanduser()
+    save_atomic(ckpt, out)
+    return out
 
 
 def checkpoint_config(ckpt: dict[str, Any]) -> DictConfig:
@@ -118,3 +232,23 @@ def check_signature(name: str, saved: dict[str, Any], current: dict[str, Any], p
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
                  for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
         raise UserError(f"{path} was made with another {name} ({'; '.join(diffs)})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pixel_ddpg.checkpoint",
+                                     description="Checkpoint tools. convert: rewrite an older checkpoint "
+                                                 f"(format version 1) as format version {VERSION}.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help=f"rewrite OLD (format version 1) as NEW (format version {VERSION})")
+    conv.add_argument("old", help="checkpoint file or run dir")
+    conv.add_argument("new", help="file to write (may be OLD itself)")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.old, args.new)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    print(f"wrote {out} (checkpoint format version {VERSION})")
+
+
+if __name__ == "__main__":
+    main()

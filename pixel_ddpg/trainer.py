@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
 from pixel_ddpg.config import UserError
 from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
@@ -53,7 +54,9 @@ def check_counts(cfg: DictConfig) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only."""
+    state = {"torch": torch.get_rng_state(), "numpy": ckpt_io.numpy_rng_to_data(np.random.get_state()),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -61,7 +64,7 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(ckpt_io.numpy_rng_from_data(state["numpy"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -144,7 +147,7 @@ class Trainer:
             "counters": dataclasses.asdict(self.counters),
             "rng": rng_state(),
             "np_generator": self.rng.bit_generator.state,
-            "torch_version": torch.__version__,
+            "provenance": provenance.current(),
         }
 
     def save(self, best: bool = False) -> Path:
