@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg import provenance
 from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
@@ -119,6 +121,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"episodes={episodes} must be at least 1")
     tolerance = check_tolerance(cfg.q_tail_tolerance) if cfg.q_record else None
     ckpt = ckpt_io.load(cfg.checkpoint)
+    warning = provenance.mismatch_warning(ckpt.get("provenance"), str(ckpt["path"]))
+    if warning:
+        print(warning, file=sys.stderr)
     train_cfg = ckpt_io.checkpoint_config(ckpt)
     run_dir = ckpt_io.run_dir_of(ckpt["path"])
     if cfg.plot:

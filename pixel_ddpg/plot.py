@@ -53,7 +53,7 @@ CONFIG_FILES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
 # Config keys that do not change what is learned; runs differing only in these (and the seed)
 # are seeds of one configuration.
 IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
-                "compile")
+                "compile", "provenance")
 LABEL_BY = ("env", "seed", "dir")
 FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # so the PNG is 800x500 pixels

@@ -11,9 +11,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg import provenance
 from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
 
 
@@ -50,6 +51,9 @@ def run(cfg: DictConfig) -> None:
     resume = None
     if cfg.resume:
         resume = ckpt_io.load(cfg.resume)
+        warning = provenance.mismatch_warning(resume.get("provenance"), str(resume["path"]))
+        if warning:
+            print(warning, file=sys.stderr)
         cfg = ckpt_io.merge_for_resume(ckpt_io.checkpoint_config(resume), cfg, list(hc.overrides.task))
         run_dir = ckpt_io.run_dir_of(resume["path"].resolve())
     ensure_writable_dir(run_dir, "hydra.run.dir")
@@ -59,7 +63,8 @@ def run(cfg: DictConfig) -> None:
         if resume is None:
             _remove_if_only_hydra(run_dir)  # a run that never started leaves nothing behind
         raise
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    # The run's settings, then (outside the config a resume compares) the code that ran them.
+    (run_dir / "config.yaml").write_text(to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()}))
     print(f"run dir: {run_dir}", flush=True)
     result = trainer.train()
     if result["interrupted"]:
