@@ -14,7 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.errors import ConfigError, EGLUnavailable
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# conf/ lives at the top of the repo; `pip install .` and the wheel ship it as pixel_ddpg/conf
+# (pyproject.toml maps the package `pixel_ddpg.conf` onto it).
+PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"
+SOURCE_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # a clone, or `pip install -e .`
 GROUPS = ("env", "obs", "agent", "launcher")
 
 
@@ -51,9 +54,12 @@ def ensure_writable_dir(folder: Path, setting: str) -> Path:
 
 
 def conf_dir() -> Path:
-    if not (CONF_DIR / "config.yaml").exists():
-        raise UserError(f"config folder {CONF_DIR} is missing; install the project with `pip install -e .` from its clone")
-    return CONF_DIR
+    """The Hydra config folder: the installed package's copy first, then the source tree's."""
+    for folder in (PACKAGED_CONF_DIR, SOURCE_CONF_DIR):
+        if (folder / "config.yaml").is_file():
+            return folder
+    raise UserError(f"config folder missing: neither {PACKAGED_CONF_DIR} nor {SOURCE_CONF_DIR} holds config.yaml; "
+                    "reinstall pixel_ddpg (`pip install .` or `pip install -e .` from its clone)")
 
 
 def group_choices(group: str) -> list[str]:
