@@ -256,7 +256,7 @@ def test_state_dict_round_trip(extra):
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     restored = agent(*extra, seed=7)
-    restored.load_state_dict(torch.load(buf, weights_only=False))
+    restored.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(a.act(obs, explore=False), restored.act(obs, explore=False))
     first = torch.tensor([False, True, False, False])
     assert torch.equal(a.act(obs, explore=True, first=first, frame=5),

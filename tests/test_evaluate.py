@@ -85,7 +85,7 @@ def test_bad_input_is_one_clear_line(pixel_run, tmp_path):
     torch.save({"weights": 1}, other)
     cases.append(([f"checkpoint={other}"], "is not a pixel_ddpg checkpoint"))
     newer = tmp_path / "newer.pt"
-    state = torch.load(ckpt_io.find_checkpoint(pixel_run), weights_only=False)
+    state = torch.load(ckpt_io.find_checkpoint(pixel_run), weights_only=True)
     state["version"] = ckpt_io.VERSION + 1
     torch.save(state, newer)
     cases.append(([f"checkpoint={newer}"], "format version"))

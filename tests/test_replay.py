@@ -426,7 +426,7 @@ def test_state_dict_round_trip_gives_identical_samples() -> None:
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     b = ReplayBuffer(spec, capacity=2 * 10, nstep=3, gamma=GAMMA, seed=99, verbose=False)
-    b.load_state_dict(torch.load(buf))
+    b.load_state_dict(torch.load(buf, weights_only=True))
     assert b.num_added == a.num_added
     for _ in range(3):
         for x, y in zip(a.sample(64), b.sample(64)):
