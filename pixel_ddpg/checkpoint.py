@@ -94,18 +94,33 @@ def run_dir_of(checkpoint: Path) -> Path:
 
 
 def _pickle_imports(path: Path) -> list[str] | None:
-    """The globals a bare pickle file would import, read from its opcodes without running it;
-    None when it is not a pickle at all."""
-    names, strings = [], []
+    """The globals a bare pickle file would import, read from its opcodes without running it
+    (strings followed through the memo, where STACK_GLOBAL takes them from); None when it is no pickle."""
+    names: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, Any] = {}
+    top: Any = None  # what the last opcode pushed, when it was a string
     try:
         with open(path, "rb") as f:
             for op, arg, _ in pickletools.genops(f):
+                if op.name == "MEMOIZE":
+                    memo[len(memo)] = top
+                    continue
+                if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = top
+                    continue
+                pushed = None
                 if op.name in ("GLOBAL", "INST"):
                     names.append(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL":
                     names.append(".".join(strings[-2:]) if len(strings) >= 2 else "a global")
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed = memo.get(arg)
                 elif isinstance(arg, str):
-                    strings.append(arg)
+                    pushed = arg
+                if isinstance(pushed, str):
+                    strings.append(pushed)
+                top = pushed
     except (ValueError, EOFError, OSError, UnicodeDecodeError):
         return None
     return sorted(set(names))
@@ -122,21 +137,24 @@ def unsafe_imports(path: Path) -> list[str] | None:
     return _pickle_imports(path)
 
 
-def _refusal(path: Path, exc: BaseException | None) -> UserError:
+def _refusal(path: Path, exc: pickle.UnpicklingError | None) -> UserError:
+    """Why ``path`` was not loaded, told from what it would import (read without running it).
+    ``exc`` is the safe load's error; None when the file is no torch.save archive (never loaded)."""
+    archive = exc is not None
     names = unsafe_imports(path)
-    if names and set(names) <= _VERSION_1_NAMES:
+    if archive and names and set(names) <= _VERSION_1_NAMES:
         return UserError(f"{path} holds NumPy arrays, as checkpoints of format version 1 did, which a safe load "
                          f"refuses; convert it once with `{CONVERT_COMMAND} {path} NEW.pt` (it reads only plain "
                          f"data and NumPy arrays) and use NEW.pt")
     if names:
         return UserError(f"{path} is not trusted data: loading it would import {', '.join(names)}, and a pixel_ddpg "
                          f"checkpoint holds only tensors, numbers, strings, lists and dicts; refused, nothing in it ran")
-    if names is None:
-        return UserError(f"{path} is not a readable pixel_ddpg checkpoint (neither a torch archive nor a pickle)")
-    why = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln] or [type(exc).__name__]
-    if exc is None:
-        why = ["a pickle, not a torch.save archive"]
-    return UserError(f"{path} is not a readable pixel_ddpg checkpoint ({why[0]})")
+    if not archive:
+        detail = "neither a torch archive nor a pickle" if names is None else "a bare pickle, not a torch.save archive"
+    else:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
+        detail = lines[0] if lines else type(exc).__name__
+    return UserError(f"{path} is not a readable pixel_ddpg checkpoint ({detail})")
 
 
 def _read(p: Path, map_location: str | torch.device, allow: Sequence[Any] = ()) -> dict[str, Any]:
