@@ -63,6 +63,23 @@ class Timer:
             rates.append(items / (time.perf_counter() - t0))
         return {"median": statistics.median(rates), "runs": rates, "unit": unit}
 
+    def side_by_side(self, runs: dict[str, tuple[Callable[[], object], float, str]]) -> dict[str, dict[str, Any]]:
+        """Like :meth:`rate` for several functions, their repeats interleaved (a, b, a, b...), so
+        a machine shared with other work slows them alike and their ratio holds."""
+        for fn, _, _ in runs.values():
+            for _ in range(self.warmup):
+                fn()
+        self.sync()
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(self.repeats):
+            for name, (fn, items, _) in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                self.sync()
+                rates[name].append(items / (time.perf_counter() - t0))
+        return {name: {"median": statistics.median(rates[name]), "runs": rates[name], "unit": unit}
+                for name, (_, _, unit) in runs.items()}
+
 
 def machine_info() -> dict[str, Any]:
     import envpool
@@ -233,20 +250,23 @@ class Benchmark:
         }
 
     def update(self, batch_size: int | None = None) -> dict[str, Any]:
+        """Every variant's updates/s on the same batches, repeats interleaved across variants."""
         replay = self._filled_replay()
-        out = {}
+        runs, sizes = {}, {}
         for name in self.cfg.update_variants:
             amp, compiled = VARIANTS[name]
             agent = self._agent(Precision(self.device, amp, compiled))
-            b = batch_size or self.batch_size(agent)
+            b = sizes[name] = batch_size or self.batch_size(agent)
             batches = [replay.sample(b) for _ in range(self.steps)]
 
-            def run() -> None:
+            def run(agent: Any = agent, batches: list = batches) -> None:
                 for batch in batches:
                     agent.update(batch)
 
-            out[name] = self.timer.rate(run, self.steps, "updates/s")
-            out[name]["batch_size"] = b
+            runs[name] = (run, self.steps, "updates/s")
+        out = self.timer.side_by_side(runs)
+        for name, r in out.items():
+            r["batch_size"] = sizes[name]
         if batch_size is None:
             self.stages["update"] = out
         return out
@@ -282,7 +302,21 @@ class Benchmark:
                     for _ in range(self.steps):
                         trainer.iteration()
 
-                r = self.timer.rate(run, self.steps * trainer.frames_per_step, "frames/s")
+                # the same agent's updates alone, on batches sampled beforehand: what the loop could reach
+                per_step = float(cfg.utd_ratio) * trainer.spec.num_envs
+                n_updates = max(1, round(self.steps * per_step))
+                batches = [trainer.replay.sample(trainer.batch_size) for _ in range(n_updates)]
+
+                def learn() -> None:
+                    for batch in batches:
+                        trainer.agent.update(batch)
+
+                both = self.timer.side_by_side({"loop": (run, self.steps * trainer.frames_per_step, "frames/s"),
+                                                "learner": (learn, n_updates, "updates/s")})
+                r = both["loop"]
+                frames_per_update = trainer.spec.action_repeat / float(cfg.utd_ratio)
+                r.update(learner_alone=both["learner"], frames_per_update=frames_per_update,
+                         loop_vs_learner=r["median"] / (both["learner"]["median"] * frames_per_update))
                 r.update(task_id=trainer.settings.task_id, obs_shape=list(trainer.spec.obs_shape),
                          num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
                          amp=str(trainer.precision.amp_dtype), compile=trainer.precision.compile,
@@ -336,11 +370,9 @@ class Benchmark:
         if "update" in s and "eager_fp32" in s["update"]:
             best = max(v["median"] for v in s["update"].values())
             out["update_best_vs_eager_fp32"] = best / s["update"]["eager_fp32"]["median"]
-        e2e = s.get("end_to_end")
-        if e2e and e2e["variant"] in s.get("update", {}):
+        if "end_to_end" in s:
             # on a CPU the learner is the bottleneck: the loop should run at the update rate alone
-            frames_per_update = self.spec.action_repeat / e2e["utd_ratio"]
-            out["loop_vs_learner"] = e2e["median"] / (s["update"][e2e["variant"]]["median"] * frames_per_update)
+            out["loop_vs_learner"] = s["end_to_end"]["loop_vs_learner"]
         if "env_pixels" in s:
             out["env_fast_vs_standard"] = s["env_pixels"]["fast"]["median"] / s["env_pixels"]["standard"]["median"]
         return out
@@ -379,7 +411,9 @@ def table(results: dict[str, Any]) -> str:
     if "act" in s:
         row("act", s["act"])
     if "end_to_end" in s:
-        row(f"end to end ({s['end_to_end']['num_envs']} envs)", s["end_to_end"])
+        e = s["end_to_end"]
+        row(f"end to end ({e['num_envs']} envs, {e['variant']})", e)
+        row(f"  its learner alone (x {e['frames_per_update']:g} frames)", e["learner_alone"])
     if "baseline" in s:
         row("naive baseline end to end (1 env)", s["baseline"]["end_to_end"])
     p = results.get("precision", {})

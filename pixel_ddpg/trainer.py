@@ -11,6 +11,7 @@ import math
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from envs import EnvSettings, EnvStep, VecEnv, make_env
 from envs.egl import software_rendering
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.agent import make_agent
+from pixel_ddpg.batch import Batch
 from pixel_ddpg.config import UserError
 from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usable_cores
 from pixel_ddpg.replay import ReplayBuffer, make_replay
@@ -119,6 +121,7 @@ class Trainer:
         self.batch_size = int(self.agent.batch_size)
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
         self.eval_env: VecEnv | None = None
+        self._collector: ThreadPoolExecutor | None = None
         if resume is not None:
             self._restore(resume)
         else:
@@ -196,11 +199,27 @@ class Trainer:
         c.update_credit -= n
         return n
 
-    def _update(self, n: int) -> dict[str, torch.Tensor] | None:
+    def _draw_batches(self) -> list[Batch]:
+        """The batches the next iteration's updates will learn from, sampled now."""
+        return [self.replay.sample(self.batch_size) for _ in range(self._updates_due())]
+
+    def _collect(self, action: np.ndarray) -> tuple[EnvStep, list[Batch]]:
+        """Everything but learning: step the envs, store the step, sample the next batches.
+
+        With ``async_env`` this runs on the collector thread while the learner updates, so on a
+        CPU the learner's core does only the updates (and acting). The replay is touched only
+        here and while the collector is idle, and in the same order as without the thread, so
+        both modes sample the same batches.
+        """
+        step = self.env.step(action)
+        self.replay.add(step, action)
+        return step, self._draw_batches()
+
+    def _update(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         metrics = None
-        for _ in range(n):
-            metrics = self.agent.update(self.replay.sample(self.batch_size), frame=self.counters.frame)
-        self.counters.updates += n
+        for batch in batches:
+            metrics = self.agent.update(batch, frame=self.counters.frame)
+        self.counters.updates += len(batches)
         return metrics
 
     def evaluate(self) -> float | None:
@@ -240,23 +259,28 @@ class Trainer:
         """Reset the envs and store their first observations; the loop begins here."""
         self._step = self.env.reset()
         self.replay.add(self._step, None)
+        self._batches = self._draw_batches()
         self._ep_return = np.zeros(self.spec.num_envs, np.float64)
         self._finished: list[float] = []
         self._metrics: dict[str, torch.Tensor] | None = None
+        if bool(self.cfg.async_env) and self._collector is None:
+            self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
 
     def iteration(self) -> None:
-        """One agent step of every env, with the updates it is owed: act → step → store → update."""
+        """One agent step of every env, with the updates it is owed: act → step → store → update.
+
+        The updates learn from batches sampled after the previous step was stored (as a loop
+        that samples inside each update would), while the collector steps, stores and samples.
+        """
         c = self.counters
         action = self._actions(self._step)
-        n_updates = self._updates_due()
-        if bool(self.cfg.async_env):
-            self.env.step_async(action)  # EnvPool steps in its threads while we update
-            self._metrics = self._update(n_updates) or self._metrics
-            step = self.env.step_wait()
+        if self._collector is not None:
+            pending = self._collector.submit(self._collect, action)
+            self._metrics = self._update(self._batches) or self._metrics
+            step, self._batches = pending.result()
         else:
-            step = self.env.step(action)
-            self._metrics = self._update(n_updates) or self._metrics
-        self.replay.add(step, action)
+            self._metrics = self._update(self._batches) or self._metrics
+            step, self._batches = self._collect(action)
         live = ~step.first
         self._ep_return[live] += step.reward[live]
         self._finished.extend(float(r) for r in self._ep_return[step.last])
@@ -335,6 +359,9 @@ class Trainer:
         self._finished = []
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown(wait=True)
+            self._collector = None
         self.env.close()
         if self.eval_env is not None:
             self.eval_env.close()
