@@ -139,10 +139,12 @@ class Trainer:
             from pixel_ddpg.benchmark import render_cost
 
             cost = render_cost(self.settings)
+            renders = int(cfg.eval.episodes) * self.settings.max_episode_steps  # one render per EnvPool step
             self.log.progress.write(
                 f"render=standard on a software rasterizer: {cost['standard_ms']:.0f} ms a frame measured now; "
                 f"render=fast: {cost['fast_ms']:.1f} ms ({cost['standard_ms'] / cost['fast_ms']:.0f}x faster; "
-                "evaluate with the profile you train on)")
+                f"evaluate with the profile you train on). Each evaluation renders {renders:,} frames: "
+                f"~{renders * cost['standard_ms'] / 1000:.0f} s here, ~{renders * cost['fast_ms'] / 1000:.0f} s with render=fast")
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -230,7 +232,7 @@ class Trainer:
             eval_settings = dataclasses.replace(self.settings, num_envs=num_envs,
                                                 seed=(self.cfg.seed + EVAL_SEED_OFFSET) % 2**31)
             self.eval_env = make_env(eval_settings)
-        self.log.progress.write(f"eval @ {c.frame:,} frames: {episodes} episodes of "
+        self.log.progress.write(f"eval @ {c.frame:,} frames: {episodes} episode{'s' * (episodes != 1)} of "
                                 f"{self.settings.max_episode_steps:,} env steps on {num_envs} envs...")
         done = 0
 

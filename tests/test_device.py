@@ -57,7 +57,7 @@ def test_bad_switches_are_config_errors():
     (8, 1, 7),     # a workstation rendering on one thread
     (8, 4, 4),     # ... or stepping 4 envs on 4 threads
     (16, 1, 15),
-    (64, 1, 16),   # capped: a batch-16 update has too little work per op for more
+    (64, 1, 16),   # capped (a guard; a batch-16 update's ops are small)
     (64, 16, 16),
 ])
 def test_torch_threads_auto_takes_the_cores_envpool_leaves(cores, env_threads, expected):
