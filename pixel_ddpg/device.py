@@ -94,8 +94,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
                       flags: frozenset[str] | None = None) -> Precision:
     """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA always, CPU when the run is long enough.
 
-    On a CPU, compiling costs ~30 s up front and then ran the paper update 1.35-1.75x faster
-    (AVX-512 Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
+    On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
+    (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
     updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
     count (None: unknown, compile).
     """
@@ -122,7 +122,7 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
         else:
             use_compile = True
             count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
-            reasons.append(f"compile=auto: {count}compiled updates ran 1.35-1.75x faster on CPUs")
+            reasons.append(f"compile=auto: {count}compiled updates ran 1.2-1.8x faster on the CPUs measured")
     return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
                      why="; ".join(reasons) or "set explicitly")
 
