@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,12 +86,17 @@ class EnvSettings:
     def pixels(self) -> bool:
         return self.obs_type == "pixels"
 
-    def envpool_threads(self, software_rendering: bool) -> int:
+    def envpool_threads(self, software_rendering: bool, cores: int | None = None) -> int:
         """EnvPool's ``num_threads``: ``auto`` is 1 when pixels come from a software rasterizer,
         whose GL contexts crash when they render concurrently (see :func:`envs.egl.software_rendering`),
-        else 0 (EnvPool: one per env)."""
+        else one per env up to the ``cores`` this process may use (default: its CPU affinity;
+        EnvPool's own 0 counts the whole machine, ignoring ``taskset``)."""
         if self.num_threads == "auto":
-            return 1 if (self.pixels and software_rendering) else 0
+            if self.pixels and software_rendering:
+                return 1
+            if cores is None:
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            return max(1, min(self.num_envs, cores))
         return int(self.num_threads)
 
     @property

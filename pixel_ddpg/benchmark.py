@@ -25,10 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
 from pixel_ddpg.config import UserError, cli, ensure_writable_dir
-from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
+from envs.egl import software_rendering
+from pixel_ddpg.device import Precision, cpu_flags, resolve_precision, set_cpu_threads, usable_cores
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 
-VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_bf16": (torch.bfloat16, True)}
+VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
+            "compiled_bf16": (torch.bfloat16, True)}
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def variant_of(precision: Precision) -> str:
+    """The update variant name a precision runs (for an fp16 autocast: none)."""
+    return {v: k for k, v in VARIANTS.items()}.get((precision.amp_dtype, precision.compile), "other")
 STAGES = ("env_state", "env_pixels", "replay", "update", "act", "end_to_end", "baseline")
 
 
@@ -55,6 +63,23 @@ class Timer:
             rates.append(items / (time.perf_counter() - t0))
         return {"median": statistics.median(rates), "runs": rates, "unit": unit}
 
+    def side_by_side(self, runs: dict[str, tuple[Callable[[], object], float, str]]) -> dict[str, dict[str, Any]]:
+        """Like :meth:`rate` for several functions, their repeats interleaved (a, b, a, b...), so
+        a machine shared with other work slows them alike and their ratio holds."""
+        for fn, _, _ in runs.values():
+            for _ in range(self.warmup):
+                fn()
+        self.sync()
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(self.repeats):
+            for name, (fn, items, _) in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                self.sync()
+                rates[name].append(items / (time.perf_counter() - t0))
+        return {name: {"median": statistics.median(rates[name]), "runs": rates[name], "unit": unit}
+                for name, (_, _, unit) in runs.items()}
+
 
 def machine_info() -> dict[str, Any]:
     import envpool
@@ -66,7 +91,10 @@ def machine_info() -> dict[str, Any]:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    flags = cpu_flags()
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+            "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in flags], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "envpool": envpool.__version__,
             "mujoco": mujoco.__version__}
 
@@ -82,6 +110,17 @@ def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]
 
         frames = steps * env.spec.num_envs * env.spec.action_repeat
         return timer.rate(run, frames, "frames/s")
+
+
+def render_cost(settings: EnvSettings, steps: int = 2) -> dict[str, float]:
+    """Milliseconds per rendered frame with each profile, one env, a few steps (for the
+    trainer's start-up line on a software rasterizer)."""
+    timer = Timer(repeats=1, warmup=1, device=torch.device("cpu"))
+    out = {}
+    for profile in ("standard", "fast"):
+        r = _env_rate(dataclasses.replace(settings, render=profile, num_envs=1), timer, steps)
+        out[f"{profile}_ms"] = 1000.0 / r["median"]
+    return out
 
 
 def _synthetic_steps(spec: Any, count: int, seed: int) -> list[tuple[EnvStep, np.ndarray]]:
@@ -115,14 +154,26 @@ class Benchmark:
             raise UserError(f"unknown stage or update variant {unknown}; stages: {list(STAGES)}, variants: {list(VARIANTS)}")
         if int(cfg.repeats) < 1 or int(cfg.steps) < 1:
             raise UserError(f"repeats={cfg.repeats} and steps={cfg.steps} must be at least 1")
-        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
+        from pixel_ddpg.trainer import planned_updates
+
+        self.settings = EnvSettings.from_config(cfg)
+        # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
+        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile,
+                                                      planned_updates=planned_updates(cfg),
+                                                      compile_min_updates=int(cfg.compile_min_updates))
+        self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",
+                                                planned_updates=planned_updates(cfg),
+                                                compile_min_updates=int(cfg.compile_min_updates))
         self.device = self.precision.device
-        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"))
+        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
+        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         self.timer = Timer(int(cfg.repeats), int(cfg.warmup_steps), self.device)
         self.steps = int(cfg.steps)
-        self.settings = EnvSettings.from_config(cfg)
-        self.results: dict[str, Any] = {"machine": {**machine_info(), "torch_threads": self.torch_threads}, "config": OmegaConf.to_container(cfg, resolve=True),
-                                        "stages": {}}
+        self.results: dict[str, Any] = {
+            "machine": {**machine_info(), "torch_threads": self.torch_threads, "envpool_threads": self.env_threads},
+            "config": OmegaConf.to_container(cfg, resolve=True), "stages": {},
+            "precision": {"auto": variant_of(self.auto_precision), "auto_why": self.auto_precision.why,
+                          "end_to_end": variant_of(self.precision)}}
         with make_env(dataclasses.replace(self.settings, num_envs=1)) as probe:
             self.spec = dataclasses.replace(probe.spec, num_envs=self.settings.num_envs)
 
@@ -199,20 +250,23 @@ class Benchmark:
         }
 
     def update(self, batch_size: int | None = None) -> dict[str, Any]:
+        """Every variant's updates/s on the same batches, repeats interleaved across variants."""
         replay = self._filled_replay()
-        out = {}
+        runs, sizes = {}, {}
         for name in self.cfg.update_variants:
             amp, compiled = VARIANTS[name]
             agent = self._agent(Precision(self.device, amp, compiled))
-            b = batch_size or self.batch_size(agent)
+            b = sizes[name] = batch_size or self.batch_size(agent)
             batches = [replay.sample(b) for _ in range(self.steps)]
 
-            def run() -> None:
+            def run(agent: Any = agent, batches: list = batches) -> None:
                 for batch in batches:
                     agent.update(batch)
 
-            out[name] = self.timer.rate(run, self.steps, "updates/s")
-            out[name]["batch_size"] = b
+            runs[name] = (run, self.steps, "updates/s")
+        out = self.timer.side_by_side(runs)
+        for name, r in out.items():
+            r["batch_size"] = sizes[name]
         if batch_size is None:
             self.stages["update"] = out
         return out
@@ -248,10 +302,25 @@ class Benchmark:
                     for _ in range(self.steps):
                         trainer.iteration()
 
-                r = self.timer.rate(run, self.steps * trainer.frames_per_step, "frames/s")
+                # the same agent's updates alone, on batches sampled beforehand: what the loop could reach
+                per_step = float(cfg.utd_ratio) * trainer.spec.num_envs
+                n_updates = max(1, round(self.steps * per_step))
+                batches = [trainer.replay.sample(trainer.batch_size) for _ in range(n_updates)]
+
+                def learn() -> None:
+                    for batch in batches:
+                        trainer.agent.update(batch)
+
+                both = self.timer.side_by_side({"loop": (run, self.steps * trainer.frames_per_step, "frames/s"),
+                                                "learner": (learn, n_updates, "updates/s")})
+                r = both["loop"]
+                frames_per_update = trainer.spec.action_repeat / float(cfg.utd_ratio)
+                r.update(learner_alone=both["learner"], frames_per_update=frames_per_update,
+                         loop_vs_learner=r["median"] / (both["learner"]["median"] * frames_per_update))
                 r.update(task_id=trainer.settings.task_id, obs_shape=list(trainer.spec.obs_shape),
                          num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
                          amp=str(trainer.precision.amp_dtype), compile=trainer.precision.compile,
+                         variant=variant_of(trainer.precision),
                          async_env=bool(cfg.async_env))
             finally:
                 trainer.close()
@@ -301,6 +370,9 @@ class Benchmark:
         if "update" in s and "eager_fp32" in s["update"]:
             best = max(v["median"] for v in s["update"].values())
             out["update_best_vs_eager_fp32"] = best / s["update"]["eager_fp32"]["median"]
+        if "end_to_end" in s:
+            # on a CPU the learner is the bottleneck: the loop should run at the update rate alone
+            out["loop_vs_learner"] = s["end_to_end"]["loop_vs_learner"]
         if "env_pixels" in s:
             out["env_fast_vs_standard"] = s["env_pixels"]["fast"]["median"] / s["env_pixels"]["standard"]["median"]
         return out
@@ -311,6 +383,8 @@ class Benchmark:
             getattr(self, stage)()
             print(f"  {stage:<11} done in {time.perf_counter() - t0:5.1f} s", flush=True)
         self.sweep()
+        if "update" in self.stages:
+            self.results["precision"]["fastest"] = max(self.stages["update"], key=lambda k: self.stages["update"][k]["median"])
         self.results["speedup"] = self.speedups()
         return self.results
 
@@ -337,9 +411,17 @@ def table(results: dict[str, Any]) -> str:
     if "act" in s:
         row("act", s["act"])
     if "end_to_end" in s:
-        row(f"end to end ({s['end_to_end']['num_envs']} envs)", s["end_to_end"])
+        e = s["end_to_end"]
+        row(f"end to end ({e['num_envs']} envs, {e['variant']})", e)
+        row(f"  its learner alone (x {e['frames_per_update']:g} frames)", e["learner_alone"])
     if "baseline" in s:
         row("naive baseline end to end (1 env)", s["baseline"]["end_to_end"])
+    p = results.get("precision", {})
+    if p:
+        lines.append(f"{'update variant: fastest / auto':<34} {p.get('fastest', '-'):>12} / {p['auto']} ({p['auto_why']})")
+    m = results["machine"]
+    lines.append(f"{'threads: torch / EnvPool / usable':<34} {m['torch_threads']:>12} / {m['envpool_threads']} / "
+                 f"{m['usable_cores']} cores (OMP_WAIT_POLICY={m['omp_wait_policy']}; flags {' '.join(m['cpu_flags'])})")
     for k, v in results.get("speedup", {}).items():
         lines.append(f"{'speedup ' + k:<34} {v:>12.2f}x")
     return "\n".join(lines)

@@ -1,7 +1,14 @@
-"""Resolving ``device``, ``amp`` and ``compile`` settings once, before anything is allocated."""
+"""Resolving ``device``, ``amp``, ``compile`` and thread counts once, before anything is allocated.
+
+The ``auto`` choices follow rules written down here and in docs/benchmarks.md, each based on
+a measurement: bf16 autocast only where the hardware runs bf16 natively (without it, bf16 on
+an AVX2-only EPYC was 5-8x slower than fp32), ``torch.compile`` where its ~30 s of compiling
+pays back, and torch threads from the cores this process may use, leaving EnvPool its share.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +17,8 @@ from envs.errors import ConfigError
 from pixel_ddpg.config import UserError
 
 _SWITCH = {"auto": None, True: True, False: False, "true": True, "false": False}
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bf16 math
+MAX_AUTO_TORCH_THREADS = 16  # plan_threads' cap: a guard, unmeasured past 2 cores
 
 
 def resolve_device(name: str) -> torch.device:
@@ -32,6 +41,26 @@ def _switch(value: object, key: str) -> bool | None:
     return _SWITCH[value]  # type: ignore[index]
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty when /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (``taskset``, cgroups cpusets), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Precision:
     """What the learner runs with: device, autocast dtype (None: fp32) and compile."""
@@ -39,39 +68,88 @@ class Precision:
     device: torch.device
     amp_dtype: torch.dtype | None
     compile: bool
+    why: str = ""  # one line: what ``auto`` chose and on what grounds
 
     @property
     def needs_scaler(self) -> bool:
         return self.amp_dtype == torch.float16
 
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        return f"{self.device}: {amp}, {'compiled' if self.compile else 'eager'} ({self.why})"
 
-def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloat16", compile: object = "auto") -> Precision:
-    """bf16 autocast and torch.compile default on for CUDA, off on CPU (both work on CPU)."""
+
+def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tuple[bool, str]:
+    """Whether ``device`` does bf16 math in hardware, and the evidence."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"CUDA {'with' if ok else 'without'} native bf16"
+    flags = cpu_flags() if flags is None else flags
+    have = [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
+    return bool(have), (f"CPU has {'+'.join(have)}" if have else f"CPU lacks {' and '.join(NATIVE_BF16_CPU_FLAGS)}")
+
+
+def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloat16", compile: object = "auto", *,
+                      planned_updates: int | None = None, compile_min_updates: int = 0,
+                      flags: frozenset[str] | None = None) -> Precision:
+    """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA always, CPU when the run is long enough.
+
+    On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
+    (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
+    updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
+    count (None: unknown, compile).
+    """
     dev = resolve_device(device)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
     if str(amp_dtype) not in dtypes:
         raise ConfigError(f"amp_dtype={amp_dtype!r} must be one of {list(dtypes)}")
     use_amp = _switch(amp, "amp")
     use_compile = _switch(compile, "compile")
-    on_cuda = dev.type == "cuda"
-    return Precision(
-        device=dev,
-        amp_dtype=dtypes[str(amp_dtype)] if (on_cuda if use_amp is None else use_amp) else None,
-        compile=on_cuda if use_compile is None else use_compile,
-    )
+    reasons = []
+    if use_amp is None:
+        native, evidence = native_bf16(dev, flags)
+        # fp16 has no native CPU path; on CUDA it is the user's explicit dtype choice
+        use_amp = native if str(amp_dtype) == "bfloat16" else dev.type == "cuda"
+        reasons.append(f"amp=auto: {evidence}")
+    if use_compile is None:
+        if dev.type == "cuda":
+            use_compile = True
+            reasons.append("compile=auto: on for CUDA")
+        elif planned_updates is not None and planned_updates < compile_min_updates:
+            use_compile = False
+            reasons.append(f"compile=auto: {planned_updates:,} updates planned, under the "
+                           f"{compile_min_updates:,} that repay ~30 s of compiling")
+        else:
+            use_compile = True
+            count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
+            reasons.append(f"compile=auto: {count}compiled updates ran 1.2-1.8x faster on the CPUs measured")
+    return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
+                     why="; ".join(reasons) or "set explicitly")
 
 
-def set_cpu_threads(device: torch.device, threads: object = "auto") -> int:
-    """Fix torch's intra-op threads when learning on the CPU; returns the count in force.
+def plan_threads(cores: int, env_threads: int) -> int:
+    """torch intra-op threads for ``torch_threads=auto``: the cores EnvPool's threads leave free.
 
-    OpenMP workers spin while EnvPool's threads step the envs on the same cores; on 2 cores a
-    state update went from 3.4 ms (1 thread) to 310 ms (2 threads) under that load. ``auto``
-    therefore uses 1 thread on CPU and leaves CUDA runs alone.
+    The learner is the bottleneck on a CPU, so it gets every core but those of the env
+    threads, and at least one. The cap ``MAX_AUTO_TORCH_THREADS`` is a guard, not a measured
+    optimum (only 1 and 2 cores were measured): a batch-16 update's ops are small. With
+    OpenMP's passive wait policy (set by :mod:`pixel_ddpg` before torch loads) idle learner
+    threads sleep instead of spinning on the env's cores.
+    """
+    return max(1, min(cores - max(env_threads, 0), MAX_AUTO_TORCH_THREADS))
+
+
+def set_cpu_threads(device: torch.device, threads: object = "auto", env_threads: int = 1,
+                    cores: int | None = None) -> int:
+    """Set torch's intra-op threads; returns the count in force.
+
+    ``auto``: :func:`plan_threads` over :func:`usable_cores`; ``env_threads`` is how many threads
+    EnvPool steps with (its own count, or the renderer's one on a software rasterizer).
     """
     if threads == "auto":
         if device.type != "cpu":
             return torch.get_num_threads()
-        threads = 1
+        threads = plan_threads(usable_cores() if cores is None else cores, env_threads)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(f"torch_threads={threads!r} must be auto or a positive whole number")
     torch.set_num_threads(threads)

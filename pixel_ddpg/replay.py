@@ -17,15 +17,22 @@ needed history, its next ``k`` steps and its stop reason are all inside that win
 Sampling is exact-uniform rejection sampling: draw (time, env) uniformly over the held window,
 test validity with vectorised index math over a fixed ``frame_stack + nstep`` window of flags,
 keep the first ``batch_size`` valid draws (iid draws conditioned on validity are uniform over
-the valid set). Cost is O(batch * (frame_stack + nstep)), independent of capacity; one
-host sync per round (usually one round) to count the accepted draws.
+the valid set). Cost is O(batch * (frame_stack + nstep)), independent of capacity. The index
+math runs in NumPy on a host copy of the flag bytes (1 B per transition; on a CPU device the
+same memory): at batch 16 a few dozen tiny torch ops cost more than the data they move, and
+on a GPU it avoids a device-to-host sync per sample. Only the gathers of frames, actions and
+rewards run on the device, a handful of ops per batch.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import tempfile
+import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +102,13 @@ def _parse_capacity(requested: int | str) -> int | None:
     return requested
 
 
+def run_transitions(total_frames: int, spec: EnvSpec) -> int:
+    """Most transitions a run of ``total_frames`` can store: one slot per env per agent step,
+    plus the reset step (frames count agent steps x action repeat, summed over envs)."""
+    steps = -(-int(total_frames) // (spec.num_envs * spec.action_repeat))
+    return (steps + 1) * spec.num_envs
+
+
 def plan_capacity(
     requested: int | str,
     spec: EnvSpec,
@@ -103,24 +117,29 @@ def plan_capacity(
     max_transitions: int = 1_000_000,
     memory_fraction: float = 0.5,
     nstep: int = 1,
+    run_transitions: int | None = None,
 ) -> tuple[int, int]:
     """Decide the capacity before anything is allocated; returns ``(capacity, bytes)``.
 
-    ``auto``: min(max_transitions, what fits in ``memory_fraction`` of the free memory). An
-    explicit number that does not fit in the free memory is a :class:`UserError` naming the
-    override that would. Capacity is rounded down to whole slots (a multiple of num_envs).
+    ``auto``: min(max_transitions, ``run_transitions`` (what the run will collect), what fits in
+    ``memory_fraction`` of the free memory less what other live runs reserved). An explicit
+    number that does not fit in the free memory is a :class:`UserError` naming the override
+    that would. Capacity is rounded down to whole slots (a multiple of num_envs).
     """
     if not 0.0 < float(memory_fraction) <= 1.0:
         raise ConfigError(f"replay.memory_fraction={memory_fraction} must be in (0, 1]")
     device = torch.device(device)
     n = spec.num_envs
     per = bytes_per_transition(spec)
-    free = free_bytes(device)
-    fit = int(free * float(memory_fraction)) // per // n * n
+    free = free_bytes(device) - reserved_by_others(device)
+    fit = int(max(free, 0) * float(memory_fraction)) // per // n * n
     wanted = _parse_capacity(requested)
     least = min_slots(spec, nstep) * n
     if wanted is None:
-        capacity = min(int(max_transitions) // n * n, fit)
+        capacity = int(max_transitions) // n * n
+        if run_transitions is not None:
+            capacity = min(capacity, max(-(-int(run_transitions) // n) * n, least))
+        capacity = min(capacity, fit)
         if capacity < least:
             raise UserError(
                 f"replay.capacity=auto: only {free / _GIB:.2f} GiB free on {device}, room for {fit} transitions "
@@ -135,6 +154,72 @@ def plan_capacity(
             )
         _check_fits(capacity, spec, device, free, fit)
     return capacity, estimate_bytes(spec, capacity)
+
+
+# Host memory is claimed lazily (torch.empty pages are touched as the buffer fills), so a run
+# started beside another sees the other's replay as free. Each CPU buffer records its size in
+# a file named by its pid; planning subtracts those of other live processes (counting pages
+# they already touched twice: on the safe side).
+def _registry() -> Path:
+    return Path(tempfile.gettempdir()) / f"pixel_ddpg-replay-{os.getuid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reserved_by_others(device: torch.device | str) -> int:
+    """Bytes of CPU replay other live pixel_ddpg processes have planned (0 for CUDA, which
+    allocates at once and so shows in ``mem_get_info``)."""
+    if torch.device(device).type != "cpu" or not _registry().is_dir():
+        return 0
+    total = 0
+    for f in _registry().glob("*.bytes"):
+        try:
+            pid, nbytes = int(f.stem), int(f.read_text())
+        except (ValueError, OSError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            total += nbytes
+        elif pid != os.getpid():
+            f.unlink(missing_ok=True)
+    return total
+
+
+def _reserve(nbytes: int) -> None:
+    """Record this process's CPU replay bytes (summed over its buffers) until it exits."""
+    global _reserved
+    try:
+        _registry().mkdir(mode=0o700, exist_ok=True)
+        path = _registry() / f"{os.getpid()}.bytes"
+        if _reserved == 0:
+            atexit.register(path.unlink, missing_ok=True)
+        _reserved += nbytes
+        path.write_text(str(_reserved))
+    except OSError:
+        pass  # a read-only temp dir only loses the side-by-side accounting
+
+
+_reserved = 0
+
+
+def _release(nbytes: int) -> None:
+    global _reserved
+    _reserved = max(0, _reserved - nbytes)
+    try:
+        path = _registry() / f"{os.getpid()}.bytes"
+        if _reserved:
+            path.write_text(str(_reserved))
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _check_fits(capacity: int, spec: EnvSpec, device: torch.device, free: int, fit: int) -> None:
@@ -191,17 +276,21 @@ class ReplayBuffer:
                 flush=True,
             )
         frame_dtype = torch.uint8 if spec.pixels else torch.float32
-        # zeros, not empty: on CPU this touches every page now, so memory runs out here or never.
-        self.frames = torch.zeros((self.slots, n, *spec.frame_shape), dtype=frame_dtype, device=self.device)
-        self.actions = torch.zeros((self.slots, n, spec.action_dim), dtype=torch.float32, device=self.device)
-        self.rewards = torch.zeros((self.slots, n), dtype=torch.float32, device=self.device)
-        self.flags = torch.zeros((self.slots, n), dtype=torch.uint8, device=self.device)
+        # empty, not zeros: sampling reads only slots already written (the flags window), so a
+        # 600-frame run does not pay for zeroing, and pages are claimed as the buffer fills.
+        self.frames = torch.empty((self.slots, n, *spec.frame_shape), dtype=frame_dtype, device=self.device)
+        self.actions = torch.empty((self.slots, n, spec.action_dim), dtype=torch.float32, device=self.device)
+        self.rewards = torch.empty((self.slots, n), dtype=torch.float32, device=self.device)
+        self._flags = np.zeros((self.slots, n), dtype=np.uint8)  # host copy for the index math
+        self.flags = torch.from_numpy(self._flags) if self.device.type == "cpu" else torch.zeros(
+            (self.slots, n), dtype=torch.uint8, device=self.device)
+        if self.device.type == "cpu":
+            _reserve(total)
+            weakref.finalize(self, _release, total)
         self.num_added = 0  # add() calls so far: the next step goes to slot num_added % slots
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.rng = np.random.default_rng(int(seed))
         self._accept = 0.5  # running acceptance rate of rejection sampling, sizes each round
-        self._powers = self.gamma ** torch.arange(nstep, dtype=torch.float64, device=self.device)
-        self._powers = self._powers.to(torch.float32)
+        self._powers = (self.gamma ** np.arange(nstep, dtype=np.float64)).astype(np.float32)
         self._new_channels = spec.frame_shape[0] if spec.pixels else None
 
     # ------------------------------------------------------------------ sizes
@@ -244,11 +333,13 @@ class ReplayBuffer:
         self.frames[s].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
         self.actions[s].copy_(act)
         self.rewards[s].copy_(torch.from_numpy(reward))
-        self.flags[s].copy_(torch.from_numpy(flags))
+        self._flags[s] = flags
+        if self.device.type != "cpu":
+            self.flags[s].copy_(torch.from_numpy(flags))
         self.num_added += 1
 
     # ------------------------------------------------------------------ sampling
-    def _window(self, tau: torch.Tensor, env: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _window(self, tau: np.ndarray, env: np.ndarray) -> dict[str, np.ndarray]:
         """Validity, n-step length k and stack sources for candidate transitions from ``tau``.
 
         Reads the flags at offsets ``-(K-1)..n`` around ``tau``; offsets outside the held window
@@ -256,45 +347,38 @@ class ReplayBuffer:
         """
         K, n, S = self.frame_stack, self.nstep, self.slots
         lo, hi = max(0, self.num_added - S), self.num_added - 1
-        offsets = torch.arange(-(K - 1), n + 1, device=self.device)  # window column c = offset + K - 1
+        offsets = np.arange(-(K - 1), n + 1)  # window column c = offset + K - 1
         t = tau[:, None] + offsets[None, :]
         written = (t >= lo) & (t <= hi)
-        fl = self.flags[t % S, env[:, None]].to(torch.int32) * written
+        fl = np.where(written, self._flags[t % S, env[:, None]], 0)
         first = (fl & FIRST) != 0
         last = (fl & (TERMINATED | TRUNCATED)) != 0
         term = (fl & TERMINATED) != 0
         c0 = K - 1  # column of tau
         # n-step chain: step tau+j is summed if written, not a new episode, and tau+j-1 was not last
         cont = written[:, c0 + 1 :] & ~first[:, c0 + 1 :] & ~last[:, c0 : c0 + n]
-        inc = torch.cumprod(cont.to(torch.int32), dim=1).bool()
-        k = inc.sum(dim=1)
-        rows = torch.arange(len(tau), device=self.device)
+        inc = np.logical_and.accumulate(cont, axis=1)
+        k = inc.sum(axis=1)
+        rows = np.arange(len(tau))
         ck = c0 + k
-        stop_ok = last[rows, ck] | first[rows, torch.clamp(ck + 1, max=c0 + n)] & (k < n)
+        stop_ok = last[rows, ck] | first[rows, np.minimum(ck + 1, c0 + n)] & (k < n)
         valid = (k >= 1) & ((k == n) | stop_ok)
         # history of tau: nearest episode start among tau, tau-1, ..., tau-K+1 (that is still held)
-        m = torch.arange(K, device=self.device)
+        m = np.arange(K)
         hist_first = first[:, c0 - m]  # (B, K), column m = offset -m
-        first_off = torch.where(hist_first, m, K).amin(dim=1)
-        need = torch.clamp(first_off, max=K - 1)
+        first_off = np.where(hist_first, m, K).min(axis=1)
+        need = np.minimum(first_off, K - 1)
         valid &= tau - need >= lo
         return {"valid": valid, "k": k, "inc": inc, "first": first, "term": term, "first_off": first_off}
 
-    def _stack_index(self, tau: torch.Tensor, env: torch.Tensor, first_off: torch.Tensor) -> torch.Tensor:
+    def _stack_index(self, tau: np.ndarray, env: np.ndarray, first_off: np.ndarray) -> np.ndarray:
         """Flat (slot * N + env) indices (B, K) of the frames of the stack at ``tau``, oldest first."""
         K = self.frame_stack
-        m = torch.arange(K - 1, -1, -1, device=self.device)  # oldest first
-        src = tau[:, None] - torch.minimum(m[None, :], first_off[:, None])
+        m = np.arange(K - 1, -1, -1)  # oldest first
+        src = tau[:, None] - np.minimum(m[None, :], first_off[:, None])
         return (src % self.slots) * self.num_envs + env[:, None]
 
-    def _gather_obs(self, idx: torch.Tensor) -> torch.Tensor:
-        flat = self.frames.view(self.slots * self.num_envs, *self.spec.frame_shape)
-        out = flat[idx]  # (B, K, *frame_shape)
-        if self.spec.pixels:
-            return out.reshape(idx.shape[0], -1, *self.spec.frame_shape[1:])
-        return out[:, 0]
-
-    def _draw(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def _draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Rejection-sample ``batch_size`` valid (tau, env) pairs, uniform over valid transitions."""
         N = self.num_envs
         lo = max(0, self.num_added - self.slots)
@@ -304,10 +388,10 @@ class ReplayBuffer:
         taus, envs, got, empty_rounds = [], [], 0, 0
         while got < batch_size:
             draws = int(math.ceil((batch_size - got) / self._accept * 1.25)) + 16
-            u = torch.randint(0, span * N, (draws,), generator=self.generator, device=self.device)
+            u = self.rng.integers(0, span * N, draws)
             tau, env = lo + u // N, u % N
-            ok = torch.nonzero(self._window(tau, env)["valid"]).squeeze(1)  # one host sync
-            count = int(ok.numel())
+            ok = np.flatnonzero(self._window(tau, env)["valid"])
+            count = len(ok)
             self._accept = min(1.0, max(count / draws, 0.01))
             if count == 0:
                 empty_rounds += 1
@@ -321,7 +405,7 @@ class ReplayBuffer:
             taus.append(tau[ok])
             envs.append(env[ok])
             got += len(ok)
-        tau, env = torch.cat(taus), torch.cat(envs)
+        tau, env = np.concatenate(taus), np.concatenate(envs)
         return tau, env, self._window(tau, env)
 
     def num_valid(self) -> int:
@@ -330,7 +414,7 @@ class ReplayBuffer:
         span = self.num_added - 1 - lo
         if span <= 0:
             return 0
-        u = torch.arange(span * self.num_envs, device=self.device)
+        u = np.arange(span * self.num_envs)
         return int(self._window(lo + u // self.num_envs, u % self.num_envs)["valid"].sum())
 
     def sample(self, batch_size: int) -> Batch:
@@ -338,24 +422,32 @@ class ReplayBuffer:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         tau, env, w = self._draw(batch_size)
-        S, N, K = self.slots, self.num_envs, self.frame_stack
-        k, inc = w["k"], w["inc"]
-        rows = torch.arange(batch_size, device=self.device)
-        j = torch.arange(1, self.nstep + 1, device=self.device)
-        step_idx = ((tau[:, None] + j[None, :]) % S) * N + env[:, None]  # slots tau+1..tau+n
-        rewards = self.rewards.view(-1)[step_idx] * inc
-        reward = (rewards * self._powers).sum(dim=1)
+        S, N, K, n = self.slots, self.num_envs, self.frame_stack, self.nstep
+        k, rows = w["k"], np.arange(batch_size)
+        step_idx = ((tau[:, None] + np.arange(1, n + 1)[None, :]) % S) * N + env[:, None]  # slots tau+1..tau+n
+        weights = w["inc"] * self._powers  # gamma^j for the steps summed, 0 past the episode's end
         terminated = w["term"][rows, K - 1 + k]
-        discount = torch.where(terminated, 0.0, self._powers[k - 1] * self.gamma)
-        action = self.actions.view(S * N, -1)[((tau + 1) % S) * N + env]
-        obs = self._gather_obs(self._stack_index(tau, env, w["first_off"]))
+        discount = np.where(terminated, 0.0, self._powers[k - 1] * self.gamma).astype(np.float32)
         # next stack at tau+k: nearest episode start among tau+k-m (m < K), from the same window
-        m = torch.arange(K, device=self.device)
-        cols = K - 1 + k[:, None] - m[None, :]  # window columns of offsets k-m, all >= 0
-        next_first = torch.gather(w["first"], 1, cols)
-        next_off = torch.where(next_first, m, K).amin(dim=1)
-        next_obs = self._gather_obs(self._stack_index(tau + k, env, next_off))
-        return Batch(obs=obs, action=action, reward=reward, discount=discount.to(torch.float32), next_obs=next_obs)
+        m = np.arange(K)
+        next_first = np.take_along_axis(w["first"], K - 1 + k[:, None] - m[None, :], axis=1)
+        next_off = np.where(next_first, m, K).min(axis=1)
+        frames_idx = np.concatenate([self._stack_index(tau, env, w["first_off"]),
+                                     self._stack_index(tau + k, env, next_off)])
+        dev = self.device
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(dev, non_blocking=True)
+
+        # index_select copies whole rows; advanced indexing went element by element (8x slower on CPU)
+        flat = self.frames.view(S * N, *self.spec.frame_shape)
+        frames = torch.index_select(flat, 0, put(frames_idx.reshape(-1)))  # (2B * K, *frame)
+        if self.spec.pixels:
+            frames = frames.view(2 * batch_size, -1, *self.spec.frame_shape[1:])
+        reward = (self.rewards.view(-1)[put(step_idx)] * put(weights.astype(np.float32))).sum(dim=1)
+        action = torch.index_select(self.actions.view(S * N, -1), 0, put(((tau + 1) % S) * N + env))
+        return Batch(obs=frames[:batch_size], action=action, reward=reward, discount=put(discount),
+                     next_obs=frames[batch_size:])
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -368,11 +460,14 @@ class ReplayBuffer:
             "nstep": self.nstep,
             "gamma": self.gamma,
             "accept": self._accept,
-            "generator": self.generator.get_state(),
+            "generator": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore into the already-allocated storage (no new device allocation)."""
+        if not isinstance(state["generator"], Mapping):
+            raise UserError("replay checkpoint was saved by an older pixel_ddpg (a torch sampling generator); "
+                            "resume it with the version that wrote it")
         for key in ("slots", "num_envs", "nstep"):
             if int(state[key]) != getattr(self, key):
                 raise UserError(
@@ -389,22 +484,27 @@ class ReplayBuffer:
             tensor.copy_(src)
         self.num_added = int(state["num_added"])
         self.gamma = float(state["gamma"])
-        self._powers = (self.gamma ** torch.arange(self.nstep, dtype=torch.float64, device=self.device)).to(torch.float32)
+        self._powers = (self.gamma ** np.arange(self.nstep, dtype=np.float64)).astype(np.float32)
         self._accept = float(state["accept"])
-        self.generator.set_state(torch.as_tensor(state["generator"]).cpu())  # a map_location may have moved it
+        self._flags[...] = self.flags.cpu().numpy()
+        self.rng.bit_generator.state = dict(state["generator"])
 
 
-def make_replay(cfg: Any, spec: EnvSpec, device: torch.device | str, *, seed: int | None = None) -> ReplayBuffer:
-    """The trainer's way in: plan from ``cfg.replay`` (and ``agent.nstep``/``gamma``), then allocate."""
+def make_replay(cfg: Any, spec: EnvSpec, device: torch.device | str, *, seed: int | None = None,
+                capacity: int | None = None) -> ReplayBuffer:
+    """The trainer's way in: plan from ``cfg.replay`` (and ``agent.nstep``/``gamma``, and for
+    ``auto`` the transitions ``total_frames`` will collect), then allocate. ``capacity`` (a
+    resumed replay's) overrides the plan."""
     r, nstep = cfg.replay, int(cfg.agent.nstep)
-    capacity, _ = plan_capacity(
-        r.capacity,
+    planned, _ = plan_capacity(
+        r.capacity if capacity is None else capacity,
         spec,
         device,
         max_transitions=int(r.max_transitions),
         memory_fraction=float(r.memory_fraction),
         nstep=nstep,
+        run_transitions=run_transitions(int(cfg.total_frames), spec) if "total_frames" in cfg else None,
     )
     return ReplayBuffer(
-        spec, capacity, device, nstep=nstep, gamma=float(cfg.agent.gamma), seed=int(cfg.seed if seed is None else seed)
+        spec, planned, device, nstep=nstep, gamma=float(cfg.agent.gamma), seed=int(cfg.seed if seed is None else seed)
     )

@@ -17,6 +17,7 @@ Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs, first) -> actio
 class EpisodeResults:
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)  # agent steps
+    stopped: bool = False  # ``should_stop`` ended the run early: the returns are incomplete
 
     @property
     def mean(self) -> float:
@@ -44,11 +45,14 @@ def episode_quota(num_envs: int, episodes: int) -> np.ndarray:
 
 
 def run_episodes(env: VecEnv, policy: Policy, episodes: int,
-                 on_step: Callable[[EnvStep, np.ndarray], None] | None = None) -> EpisodeResults:
+                 on_step: Callable[[EnvStep, np.ndarray], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> EpisodeResults:
     """Run ``episodes`` whole episodes over the env batch (env i runs its share in turn).
 
     Returns are in (round, env) order, so they do not favour short episodes. ``on_step``
-    sees every step and the running returns (for videos).
+    sees every step and the running returns (for videos). ``should_stop`` is asked before
+    each step (a Ctrl-C during an evaluation): when true, the episodes finished so far come
+    back with ``stopped`` set.
     """
     if episodes < 1:
         raise ValueError(f"episodes={episodes} must be at least 1")
@@ -60,7 +64,11 @@ def run_episodes(env: VecEnv, policy: Policy, episodes: int,
     step = env.reset()
     if on_step is not None:
         on_step(step, ep_return)
+    stopped = False
     while any(len(per_env[i]) < quota[i] for i in range(n)):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         step = env.step(policy(step.obs, step.first))
         live = ~step.first
         ep_return[live] += step.reward[live]
@@ -72,7 +80,7 @@ def run_episodes(env: VecEnv, policy: Policy, episodes: int,
                 per_env[i].append((float(ep_return[i]), int(ep_length[i])))
         ep_return[step.last] = 0.0
         ep_length[step.last] = 0
-    results = EpisodeResults()
+    results = EpisodeResults(stopped=stopped)
     for r in range(int(quota.max())):
         for i in range(n):
             if r < len(per_env[i]):

@@ -11,7 +11,8 @@ import csv
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "critic_loss", "actor_loss", "q",
@@ -63,26 +64,60 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-class Progress:
-    """A tqdm bar over env frames, shown only on a terminal unless forced."""
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
 
-    def __init__(self, total: int, initial: int, enabled: object = "auto") -> None:
-        show = sys.stderr.isatty() if enabled in ("auto", None) else bool(enabled)
+
+class Progress:
+    """A tqdm bar over env frames on a terminal; elsewhere (a log file, a pipe) one line every
+    ``every_s`` seconds, so a run started with nohup shows signs of life in its log."""
+
+    def __init__(self, total: int, initial: int, enabled: object = "auto", every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        auto = enabled in ("auto", None)
         self._bar = None
-        if show:
+        self.lines = auto and not sys.stderr.isatty()  # the bar goes to stderr, lines to stdout
+        if (auto and not self.lines) or (not auto and bool(enabled)):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="frame", unit_scale=True, dynamic_ncols=True,
                              smoothing=0.05)
+        self.total, self.every_s, self._clock = total, float(every_s), clock
         self._last = initial
+        self._start = (clock(), initial)
+        self._line = (clock(), initial)  # time and frame of the last line printed
+        self._noted = clock()
 
     def update(self, frame: int, **postfix: object) -> None:
-        if self._bar is None:
-            return
-        self._bar.update(frame - self._last)
+        if self._bar is not None:
+            self._bar.update(frame - self._last)
+            if postfix:
+                self._bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+        elif self.lines:
+            now = self._clock()
+            if now - self._line[0] >= self.every_s:
+                print(self.line(frame, now, **postfix), flush=True)
+                self._line = (now, frame)
         self._last = frame
-        if postfix:
-            self._bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+
+    def line(self, frame: int, now: float, **postfix: object) -> str:
+        """frames done, frames/s since the last line, ETA at the rate since this process started."""
+        rate = (frame - self._line[1]) / max(now - self._line[0], 1e-9)
+        overall = (frame - self._start[1]) / max(now - self._start[0], 1e-9)
+        eta = _clock((self.total - frame) / overall) if overall > 0 else "?"
+        extra = "".join(f" | {k.replace('_', ' ')} {v}" for k, v in postfix.items() if v is not None)
+        return (f"frames {frame:,}/{self.total:,} ({100 * frame / max(self.total, 1):.1f}%) | {rate:,.0f} frames/s"
+                f" | ETA {eta}{extra}")
+
+    def note(self, message: str) -> None:
+        """A status that changes often (evaluation progress): throttled to one line per ``every_s``."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(message)
+        elif self.lines and self._clock() - self._noted >= self.every_s:
+            print(message, flush=True)
+            self._noted = self._clock()
 
     def write(self, message: str) -> None:
         if self._bar is None:
@@ -99,7 +134,7 @@ class RunLog:
     """train.csv, eval.csv, TensorBoard under tb/, and the progress bar of one run dir."""
 
     def __init__(self, run_dir: Path, *, total_frames: int, resume_frame: int | None, tensorboard: bool,
-                 progress: object) -> None:
+                 progress: object, progress_every_s: float = 10.0) -> None:
         self.train = CsvLog(run_dir / "train.csv", TRAIN_FIELDS, resume_frame)
         self.eval = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_frame)
         self.tb = None
@@ -107,7 +142,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_frame)
-        self.progress = Progress(total_frames, resume_frame or 0, progress)
+        self.progress = Progress(total_frames, resume_frame or 0, progress, progress_every_s)
 
     def scalars(self, prefix: str, row: Mapping[str, object], frame: int) -> None:
         if self.tb is None:

@@ -11,6 +11,7 @@ import math
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
+from envs.egl import software_rendering
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
+from pixel_ddpg.batch import Batch
 from pixel_ddpg.config import UserError
-from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads
+from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usable_cores
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -51,6 +54,12 @@ def check_counts(cfg: DictConfig) -> None:
             raise UserError(f"{key}={value} must be zero or a positive whole number")
     if not float(cfg.utd_ratio) > 0:
         raise UserError(f"utd_ratio={cfg.utd_ratio} must be positive")
+
+
+def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
+    """Updates the rest of the run will make: frames past the warm-up / repeat x utd_ratio."""
+    frames = max(0, int(cfg.total_frames) - max(int(cfg.warmup_frames), frame))
+    return int(frames / int(cfg.obs.action_repeat) * float(cfg.utd_ratio))
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,26 +100,32 @@ class Trainer:
         check_counts(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile)
-        self.device = self.precision.device
-        set_cpu_threads(self.device, cfg.get("torch_threads", "auto"))
         self.counters = Counters() if resume is None else Counters(**resume["counters"])
+        # EnvPool's episodes cannot be saved; a resumed run starts fresh episodes on a new seed.
+        env_seed = (cfg.seed + self.counters.frame) % 2**31
+        self.settings = EnvSettings.from_config(cfg, seed=env_seed)
+        self.precision: Precision = resolve_precision(
+            cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
+            compile_min_updates=int(cfg.get("compile_min_updates", 0)))  # absent from older checkpoints' configs
+        self.device = self.precision.device
+        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
+        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        # EnvPool's episodes cannot be saved; a resumed run starts fresh episodes on a new seed.
-        env_seed = (cfg.seed + self.counters.frame) % 2**31
-        self.settings = EnvSettings.from_config(cfg, seed=env_seed)
         self.env: VecEnv = make_env(self.settings)
         self.spec = self.env.spec
         self.frames_per_step = self.spec.num_envs * self.spec.action_repeat
         self.env_sig = env_signature(self.settings, self.spec)
-        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed)
+        saved = None if resume is None or resume.get("replay") is None else resume["replay"]
+        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed,
+                                                capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
         self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
         self.batch_size = int(self.agent.batch_size)
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
         self.eval_env: VecEnv | None = None
+        self._collector: ThreadPoolExecutor | None = None
         if resume is not None:
             self._restore(resume)
         else:
@@ -118,10 +133,23 @@ class Trainer:
             c.next_eval, c.next_log, c.next_checkpoint = 0, int(cfg.log.every_frames), int(cfg.checkpoint.every_frames)
         self.log = RunLog(self.run_dir, total_frames=int(cfg.total_frames),
                           resume_frame=self.counters.frame if resume is not None else None,
-                          tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress)
+                          tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress,
+                          progress_every_s=float(cfg.log.get("progress_every_s", 10)))
         self._stop_signal: int | None = None
         self._saturated_rows, self._saturation_warned = 0, False
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
+        self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, "
+                                f"EnvPool {self.env_threads} of {usable_cores()} usable cores")
+        if self.settings.pixels and self.settings.render == "standard" and software_rendering():
+            from pixel_ddpg.benchmark import render_cost
+
+            cost = render_cost(self.settings)
+            renders = int(cfg.eval.episodes) * self.settings.max_episode_steps  # one render per EnvPool step
+            self.log.progress.write(
+                f"render=standard on a software rasterizer: {cost['standard_ms']:.0f} ms a frame measured now; "
+                f"render=fast: {cost['fast_ms']:.1f} ms ({cost['standard_ms'] / cost['fast_ms']:.0f}x faster; "
+                f"evaluate with the profile you train on). Each evaluation renders {renders:,} frames: "
+                f"~{renders * cost['standard_ms'] / 1000:.0f} s here, ~{renders * cost['fast_ms'] / 1000:.0f} s with render=fast")
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -178,20 +206,50 @@ class Trainer:
         c.update_credit -= n
         return n
 
-    def _update(self, n: int) -> dict[str, torch.Tensor] | None:
+    def _draw_batches(self) -> list[Batch]:
+        """The batches the next iteration's updates will learn from, sampled now."""
+        return [self.replay.sample(self.batch_size) for _ in range(self._updates_due())]
+
+    def _collect(self, action: np.ndarray) -> tuple[EnvStep, list[Batch]]:
+        """Everything but learning: step the envs, store the step, sample the next batches.
+
+        With ``async_env`` this runs on the collector thread while the learner updates, so on a
+        CPU the learner's core does only the updates (and acting). The replay is touched only
+        here and while the collector is idle, and in the same order as without the thread, so
+        both modes sample the same batches.
+        """
+        step = self.env.step(action)
+        self.replay.add(step, action)
+        return step, self._draw_batches()
+
+    def _update(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         metrics = None
-        for _ in range(n):
-            metrics = self.agent.update(self.replay.sample(self.batch_size), frame=self.counters.frame)
-        self.counters.updates += n
+        for batch in batches:
+            metrics = self.agent.update(batch, frame=self.counters.frame)
+        self.counters.updates += len(batches)
         return metrics
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | None:
+        """Mean return over ``eval.episodes``; None when a stop signal cut it short (no row written)."""
+        cfg, c = self.cfg, self.counters
+        episodes, num_envs = int(cfg.eval.episodes), int(cfg.eval.num_envs)
         if self.eval_env is None:
-            eval_settings = dataclasses.replace(self.settings, num_envs=int(self.cfg.eval.num_envs),
+            eval_settings = dataclasses.replace(self.settings, num_envs=num_envs,
                                                 seed=(self.cfg.seed + EVAL_SEED_OFFSET) % 2**31)
             self.eval_env = make_env(eval_settings)
-        res = run_episodes(self.eval_env, agent_policy(self.agent, self.device), int(self.cfg.eval.episodes))
-        c = self.counters
+        self.log.progress.write(f"eval @ {c.frame:,} frames: {episodes} episode{'s' * (episodes != 1)} of "
+                                f"{self.settings.max_episode_steps:,} env steps on {num_envs} envs...")
+        done = 0
+
+        def on_step(step: EnvStep, returns: np.ndarray) -> None:
+            nonlocal done
+            done += int(step.last.sum())
+            self.log.progress.note(f"eval @ {c.frame:,} frames: {min(done, episodes)}/{episodes} episodes done")
+
+        res = run_episodes(self.eval_env, agent_policy(self.agent, self.device), episodes, on_step=on_step,
+                           should_stop=lambda: self._stop_signal is not None)
+        if res.stopped:
+            return None
         row = {"frame": c.frame, "step": c.step, "return_mean": res.mean, "return_std": res.std,
                "episodes": len(res.returns), "length_mean": float(np.mean(res.lengths)), "wall_s": c.wall_s}
         self.log.eval.write(row)
@@ -208,23 +266,28 @@ class Trainer:
         """Reset the envs and store their first observations; the loop begins here."""
         self._step = self.env.reset()
         self.replay.add(self._step, None)
+        self._batches = self._draw_batches()
         self._ep_return = np.zeros(self.spec.num_envs, np.float64)
         self._finished: list[float] = []
         self._metrics: dict[str, torch.Tensor] | None = None
+        if bool(self.cfg.async_env) and self._collector is None:
+            self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
 
     def iteration(self) -> None:
-        """One agent step of every env, with the updates it is owed: act → step → store → update."""
+        """One agent step of every env, with the updates it is owed: act → step → store → update.
+
+        The updates learn from batches sampled after the previous step was stored (as a loop
+        that samples inside each update would), while the collector steps, stores and samples.
+        """
         c = self.counters
         action = self._actions(self._step)
-        n_updates = self._updates_due()
-        if bool(self.cfg.async_env):
-            self.env.step_async(action)  # EnvPool steps in its threads while we update
-            self._metrics = self._update(n_updates) or self._metrics
-            step = self.env.step_wait()
+        if self._collector is not None:
+            pending = self._collector.submit(self._collect, action)
+            self._metrics = self._update(self._batches) or self._metrics
+            step, self._batches = pending.result()
         else:
-            step = self.env.step(action)
-            self._metrics = self._update(n_updates) or self._metrics
-        self.replay.add(step, action)
+            self._metrics = self._update(self._batches) or self._metrics
+            step, self._batches = self._collect(action)
         live = ~step.first
         self._ep_return[live] += step.reward[live]
         self._finished.extend(float(r) for r in self._ep_return[step.last])
@@ -234,16 +297,25 @@ class Trainer:
         c.frame += self.frames_per_step
         self._step = step
 
-    def _maybe_evaluate(self) -> None:
+    def _maybe_evaluate(self) -> bool:
+        """Evaluate (keeping the best checkpoint); False when a stop signal interrupted it."""
         c = self.counters
         score = self.evaluate()
+        if score is None:
+            return False
         if score > c.best_return:
             c.best_return = score
             if self.cfg.checkpoint.keep_best:
                 self.save(best=True)
+        return True
 
     def train(self) -> dict[str, Any]:
-        """Run until ``total_frames``; on SIGINT/SIGTERM save a checkpoint and stop cleanly."""
+        """Run until ``total_frames``; on SIGINT/SIGTERM save a checkpoint and stop cleanly.
+
+        A signal is honoured between agent steps and between evaluation steps, so within a
+        few seconds even on a software rasterizer; the checkpoint holds the counters of the last
+        finished step, and an interrupted evaluation is redone on resume.
+        """
         cfg, c = self.cfg, self.counters
         total = int(cfg.total_frames)
         previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -253,7 +325,8 @@ class Trainer:
             self.start()
             while c.frame < total and self._stop_signal is None:
                 if c.frame >= c.next_eval:
-                    self._maybe_evaluate()
+                    if not self._maybe_evaluate():
+                        break
                     c.next_eval += int(cfg.eval.every_frames)
                     window_start, window_frame = time.perf_counter(), c.frame  # fps excludes evaluation
                 self.iteration()
@@ -266,10 +339,10 @@ class Trainer:
                 if c.frame >= c.next_checkpoint:
                     self.save()
                     c.next_checkpoint += int(cfg.checkpoint.every_frames)
-                self.log.progress.update(c.frame, eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
-            interrupted = self._stop_signal is not None
-            if not interrupted:
+                self.log.progress.update(c.frame, last_eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
+            if self._stop_signal is None:
                 self._maybe_evaluate()
+            interrupted = self._stop_signal is not None
             path = self.save()
             if interrupted:
                 name = signal.Signals(self._stop_signal).name
@@ -305,6 +378,9 @@ class Trainer:
                 "keeps it out of saturation (agent=ddpg_shift_nstep uses it)")
 
     def close(self) -> None:
+        if self._collector is not None:
+            self._collector.shutdown(wait=True)
+            self._collector = None
         self.env.close()
         if self.eval_env is not None:
             self.eval_env.close()

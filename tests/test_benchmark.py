@@ -37,7 +37,16 @@ def check_every_stage(res: dict, variants: list[str]) -> None:
     assert positive(s["baseline"]["end_to_end"])
     assert s["replay"]["bytes_per_transition"] < s["replay"]["naive_bytes_per_transition"]
     assert res["machine"]["cores"] >= 1 and res["machine"]["torch"] and res["machine"]["envpool"]
-    assert set(res["speedup"]) >= {"end_to_end", "replay_sample", "replay_bytes", "update_best_vs_eager_fp32"}
+    assert set(res["speedup"]) >= {"end_to_end", "replay_sample", "replay_bytes", "update_best_vs_eager_fp32",
+                                   "loop_vs_learner"}
+    e2e = s["end_to_end"]
+    assert positive(e2e["learner_alone"]) and e2e["frames_per_update"] == 3.0
+    assert res["speedup"]["loop_vs_learner"] == pytest.approx(
+        e2e["median"] / (e2e["learner_alone"]["median"] * e2e["frames_per_update"]))
+    p = res["precision"]
+    assert p["fastest"] in variants and p["auto"] in ("eager_fp32", "eager_bf16", "compiled_fp32", "compiled_bf16")
+    assert p["end_to_end"] == e2e["variant"] and "amp=auto" in p["auto_why"]
+    assert res["machine"]["usable_cores"] >= 1 and res["machine"]["torch_threads"] >= 1
 
 
 def test_quick_benchmark_measures_every_stage_against_the_baseline_on_the_same_task(tmp_path):
@@ -53,7 +62,7 @@ def test_quick_benchmark_measures_every_stage_against_the_baseline_on_the_same_t
 @pytest.mark.slow
 def test_quick_benchmark_with_compiled_updates(tmp_path):
     res = bench(tmp_path)
-    check_every_stage(res, ["eager_fp32", "eager_bf16", "compiled_bf16"])
+    check_every_stage(res, ["eager_fp32", "eager_bf16", "compiled_fp32", "compiled_bf16"])
 
 
 def test_unknown_stage_is_refused(tmp_path):

@@ -164,15 +164,17 @@ def test_bad_settings_are_named(over, needle):
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("base,software,threads,expected", [
-    (PAPER, True, "auto", 1),    # software rasterizer: one render at a time
-    (PAPER, False, "auto", 0),   # a GPU's EGL: EnvPool's one thread per env
-    (STATE, True, "auto", 0),    # nothing rendered
-    (PAPER, True, 3, 3),         # an explicit number is kept (with a warning, below)
-    (PAPER, True, 0, 0),
+@pytest.mark.parametrize("base,software,threads,cores,expected", [
+    (PAPER, True, "auto", 64, 1),    # software rasterizer: one render at a time, however many cores
+    (PAPER, False, "auto", 64, 2),   # a GPU's EGL: one thread per env (tiny() has 2 envs)
+    (PAPER, False, "auto", 1, 1),    # ... but no more than the cores this process may use
+    (STATE, True, "auto", 8, 2),     # nothing rendered
+    (STATE, True, "auto", 1, 1),
+    (PAPER, True, 3, 1, 3),          # an explicit number is kept (with a warning, below)
+    (PAPER, True, 0, 1, 0),
 ])
-def test_envpool_threads(base, software, threads, expected):
-    assert tiny(base, num_threads=threads).envpool_threads(software) == expected
+def test_envpool_threads(base, software, threads, cores, expected):
+    assert tiny(base, num_threads=threads).envpool_threads(software, cores=cores) == expected
 
 
 def test_several_render_threads_on_a_software_rasterizer_warn(monkeypatch):

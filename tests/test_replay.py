@@ -7,7 +7,9 @@ built from it directly (full env observations, no index tricks), then every samp
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 
 import envs  # noqa: F401  (loads EGL before anything imports envpool)
 import numpy as np
@@ -16,7 +18,8 @@ import torch
 
 from envs import EnvSettings, EnvSpec, EnvStep, make_env
 from pixel_ddpg.config import UserError, compose
-from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition, estimate_bytes, make_replay, plan_capacity
+from pixel_ddpg.replay import (ReplayBuffer, bytes_per_transition, estimate_bytes, make_replay, plan_capacity,
+                               reserved_by_others, run_transitions)
 from envs.errors import ConfigError
 
 GAMMA = 0.9
@@ -388,7 +391,7 @@ def test_capacity_that_cannot_fit_fails_before_allocating(monkeypatch: pytest.Mo
     def no_alloc(*a, **k):
         raise AssertionError("allocated before checking the memory")
 
-    monkeypatch.setattr(torch, "zeros", no_alloc)
+    monkeypatch.setattr(torch, "empty", no_alloc)
     with pytest.raises(UserError, match=r"use replay\.capacity=\d+"):
         ReplayBuffer(spec, 10**13)
 
@@ -414,6 +417,45 @@ def test_make_replay_from_config() -> None:
     spec = synth_spec(pixels=True, num_envs=3, frame_stack=3)
     replay = make_replay(cfg, spec, "cpu")
     assert (replay.capacity, replay.nstep, replay.gamma) == (300, 3, 0.99)
+
+
+def test_auto_capacity_is_sized_to_the_run() -> None:
+    """A 600-frame paper run (4 envs, repeat 3) stores 50 agent steps + the reset: 204 transitions."""
+    spec = dataclasses.replace(synth_spec(pixels=True, num_envs=4, channels=9), action_repeat=3)
+    assert run_transitions(600, spec) == (50 + 1) * 4
+    assert run_transitions(601, spec) == (51 + 1) * 4  # a partial last step still runs
+    cap, nbytes = plan_capacity("auto", spec, "cpu", max_transitions=10**6, run_transitions=run_transitions(600, spec))
+    assert cap == 204 and nbytes < 64 * 1024
+    cap, _ = plan_capacity("auto", spec, "cpu", max_transitions=100, run_transitions=10**9)
+    assert cap == 100  # max_transitions still caps a long run
+    cap, _ = plan_capacity("auto", spec, "cpu", nstep=3, run_transitions=1)
+    assert cap == (1 + 3) * 4  # never below what can hold one transition
+    cap, _ = plan_capacity(1000, spec, "cpu", run_transitions=8)
+    assert cap == 1000  # an explicit capacity is kept
+
+
+def test_make_replay_auto_follows_total_frames() -> None:
+    cfg = compose(["total_frames=600", "num_envs=4"])
+    spec = dataclasses.replace(synth_spec(pixels=True, num_envs=4, channels=9), action_repeat=3)
+    replay = make_replay(cfg, spec, "cpu")
+    assert replay.capacity == 204 and replay.nbytes() < 64 * 1024
+
+
+def test_a_second_run_plans_on_memory_the_first_has_not_touched_yet(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Replay pages are claimed lazily: planning subtracts other live runs' recorded buffers."""
+    monkeypatch.setattr("pixel_ddpg.replay._registry", lambda: tmp_path)
+    spec = synth_spec(pixels=True, num_envs=1, channels=9)
+    per = bytes_per_transition(spec)
+    monkeypatch.setattr("pixel_ddpg.replay.free_bytes", lambda device: 1000 * per)
+    parent = os.getppid()  # a live process standing in for a run started earlier
+    (tmp_path / f"{parent}.bytes").write_text(str(600 * per))
+    (tmp_path / "999999999.bytes").write_text(str(10**12))  # a dead run's record is ignored and removed
+    assert reserved_by_others("cpu") == 600 * per
+    assert not (tmp_path / "999999999.bytes").exists()
+    cap, _ = plan_capacity("auto", spec, "cpu", max_transitions=10**6, memory_fraction=0.5)
+    assert cap == 200  # half of the 400 transitions left
+    replay = ReplayBuffer(spec, 100, verbose=False)
+    assert int((tmp_path / f"{os.getpid()}.bytes").read_text()) >= replay.nbytes()
 
 
 # ---------------------------------------------------------------------------- checkpoints

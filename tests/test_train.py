@@ -90,6 +90,40 @@ def test_sigint_leaves_a_loadable_checkpoint(tmp_path):
     assert 0 < ckpt["counters"]["frame"] < 10000000
 
 
+def test_sigint_during_an_evaluation_is_honoured_within_5_s(tmp_path):
+    """The frame-0 evaluation here would take minutes; Ctrl-C landing in it stops the run at once."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pixel_ddpg.train", *TINY, "obs=state", "total_frames=10000000",
+           "eval.episodes=100000", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # printed just before the evaluation starts
+        seen.append(line)
+        if line.startswith("eval @ 0 frames: 100000 episodes"):
+            break
+    else:
+        pytest.fail("".join(seen))
+    time.sleep(1.0)
+    assert proc.poll() is None, "".join(seen)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 128 + signal.SIGINT, "".join(seen) + out
+    assert took < 5.0, f"took {took:.1f} s to stop"
+    assert "resume=" in out
+    assert ckpt_io.load(run)["counters"]["frame"] == 0
+    assert rows(run / "eval.csv") == []  # an interrupted evaluation writes no row (a resume redoes it)
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path):
+    proc = train(tmp_path / "run", "obs=state", "total_frames=240", "log.progress_every_s=0")
+    assert "learner on cpu: fp32, eager" in proc.stdout and "usable cores" in proc.stdout
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("frames ")]
+    assert lines and "/240 (" in lines[-1] and "frames/s | ETA" in lines[-1] and "last eval" in lines[-1]
+    assert "eval @ 0 frames: 2 episodes of" in proc.stdout
+
+
 def test_same_seed_gives_identical_first_losses(tmp_path):
     losses = []
     for name in ("a", "b"):

@@ -1,0 +1,89 @@
+"""amp/compile/threads=auto: what each machine gets, by mocked CPU flags and core counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from envs.errors import ConfigError
+from pixel_ddpg.device import plan_threads, resolve_precision, set_cpu_threads
+
+XEON_AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+SAPPHIRE_NO_AMX = frozenset({"avx2", "avx512f", "avx512_bf16"})
+EPYC_AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize("flags,bf16", [(XEON_AMX, True), (SAPPHIRE_NO_AMX, True), (EPYC_AVX2, False),
+                                        (frozenset({"avx512f"}), False), (frozenset(), False)])
+def test_amp_auto_is_bf16_only_where_the_cpu_has_native_bf16(flags, bf16):
+    p = resolve_precision("cpu", "auto", "bfloat16", "false", flags=flags)
+    assert p.amp_dtype == (torch.bfloat16 if bf16 else None)
+    assert ("amp=auto" in p.why) and (("lacks" in p.why) != bf16)
+
+
+def test_explicit_amp_wins_over_the_flags():
+    assert resolve_precision("cpu", "true", flags=EPYC_AVX2, compile="false").amp_dtype == torch.bfloat16
+    assert resolve_precision("cpu", "false", flags=XEON_AMX, compile="false").amp_dtype is None
+    assert resolve_precision("cpu", "auto", "float16", "false", flags=XEON_AMX).amp_dtype is None  # no native fp16 CPU path
+
+
+@pytest.mark.parametrize("planned,compiled", [(200, False), (9_999, False), (10_000, True), (330_000, True),
+                                              (None, True)])
+def test_compile_auto_on_cpu_only_when_the_run_repays_compiling(planned, compiled):
+    p = resolve_precision("cpu", "false", compile="auto", planned_updates=planned, compile_min_updates=10_000,
+                          flags=XEON_AMX)
+    assert p.compile is compiled and "compile=auto" in p.why
+    if not compiled:
+        assert "repay ~30 s of compiling" in p.why
+
+
+def test_explicit_compile_is_kept_and_the_reason_says_so():
+    p = resolve_precision("cpu", "false", compile="true", planned_updates=10, compile_min_updates=10_000)
+    assert p.compile and p.why == "set explicitly"
+    assert "eager" in resolve_precision("cpu", "false", compile="false").describe()
+
+
+def test_bad_switches_are_config_errors():
+    with pytest.raises(ConfigError, match="amp="):
+        resolve_precision("cpu", "maybe")
+    with pytest.raises(ConfigError, match="torch_threads="):
+        set_cpu_threads(torch.device("cpu"), 0)
+
+
+@pytest.mark.parametrize("cores,env_threads,expected", [
+    (1, 1, 1),     # taskset -c 0: learner and renderer share the one core
+    (2, 1, 1),     # this machine: one core for the learner, one for EnvPool (software renderer: 1 thread)
+    (2, 4, 1),     # state envs, one thread per env: still at least one for the learner
+    (8, 1, 7),     # a workstation rendering on one thread
+    (8, 4, 4),     # ... or stepping 4 envs on 4 threads
+    (16, 1, 15),
+    (64, 1, 16),   # capped (a guard; a batch-16 update's ops are small)
+    (64, 16, 16),
+])
+def test_torch_threads_auto_takes_the_cores_envpool_leaves(cores, env_threads, expected):
+    assert plan_threads(cores, env_threads) == expected
+
+
+def test_set_cpu_threads_auto_follows_the_affinity(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("pixel_ddpg.device.usable_cores", lambda: 3)
+        assert set_cpu_threads(torch.device("cpu"), "auto", env_threads=1) == 2 == torch.get_num_threads()
+        assert set_cpu_threads(torch.device("cpu"), 1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_openmp_waits_passively_unless_the_user_chose():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import pixel_ddpg, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, cwd=root,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
