@@ -38,7 +38,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -425,9 +425,14 @@ def _main_q(argv: Sequence[str]) -> None:
     parser.add_argument("--tolerance", type=float, default=0.01, help="tail weight for --steps tail-negligible")
     parser.add_argument("--title", default=None, help="figure title")
     args = parser.parse_args(argv)
+    _write_figure(lambda: plot_q(args.sources, args.out, returns=args.returns, steps=args.steps,
+                                 tolerance=args.tolerance, title=args.title))
+
+
+def _write_figure(draw: Callable[[], Path]) -> None:
+    """Run a subcommand's drawing: its path on stdout, or one ``error:`` line and exit code 2."""
     try:
-        out = plot_q(args.sources, args.out, returns=args.returns, steps=args.steps, tolerance=args.tolerance,
-                     title=args.title)
+        out = draw()
     except UserError as exc:
         fail(str(exc))
         return
@@ -444,13 +449,8 @@ def _main_curves(argv: Sequence[str]) -> None:
     parser.add_argument("--reference", action="append", default=[], type=_reference, metavar="LABEL=RETURN",
                         help="a dashed line at a return, e.g. --reference 'random policy=303' (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        out = plot_runs(args.run_dirs, args.out, label_by=args.label_by, title=args.title,
-                        references=args.reference)
-    except UserError as exc:
-        fail(str(exc))
-        return
-    print(f"wrote {out}")
+    _write_figure(lambda: plot_runs(args.run_dirs, args.out, label_by=args.label_by, title=args.title,
+                                    references=args.reference))
 
 
 def _main_report(argv: Sequence[str]) -> None:
