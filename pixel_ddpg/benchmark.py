@@ -26,7 +26,8 @@ from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
 from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from envs.egl import software_rendering
-from pixel_ddpg.device import Precision, cpu_flags, resolve_precision, set_cpu_threads, usable_cores
+from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_device, resolve_precision,
+                               set_cpu_threads, usable_cores)
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
@@ -152,6 +153,15 @@ class Benchmark:
         unknown += [v for v in cfg.update_variants if v not in VARIANTS]
         if unknown:
             raise UserError(f"unknown stage or update variant {unknown}; stages: {list(STAGES)}, variants: {list(VARIANTS)}")
+        compiled = [v for v in cfg.update_variants if VARIANTS[v][1]]
+        if compiled and resolve_device(cfg.device).type == "cpu" and cpu_compiler() is None:
+            why = f"no C++ compiler ({os.environ.get('CXX') or 'g++'}) for torch.compile on a CPU"
+            if "update_variants" in explicit:
+                raise UserError(f"update_variants={list(cfg.update_variants)} has compiled variants, but there is {why}: "
+                                "install g++ or leave them out")
+            print(f"benchmark: {why}: timing {[v for v in cfg.update_variants if v not in compiled]} only", flush=True)
+            cfg = OmegaConf.merge(cfg, {"update_variants": [v for v in cfg.update_variants if v not in compiled]})
+            self.cfg = cfg
         if int(cfg.repeats) < 1 or int(cfg.steps) < 1:
             raise UserError(f"repeats={cfg.repeats} and steps={cfg.steps} must be at least 1")
         from pixel_ddpg.trainer import planned_updates

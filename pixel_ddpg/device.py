@@ -9,6 +9,7 @@ pays back, and torch threads from the cores this process may use, leaving EnvPoo
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,15 @@ def cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would call (``$CXX``, else ``g++``), if present.
+
+    Without one, compiling on a CPU fails at the first update; ``compile=auto`` then stays eager.
+    """
+    name = os.environ.get("CXX") or "g++"
+    return shutil.which(name.split()[0]) if name.strip() else None
 
 
 def usable_cores() -> int:
@@ -97,7 +107,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
     (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
     updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
-    count (None: unknown, compile).
+    count (None: unknown, compile). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
+    stays eager.
     """
     dev = resolve_device(device)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,6 +126,10 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
         if dev.type == "cuda":
             use_compile = True
             reasons.append("compile=auto: on for CUDA")
+        elif cpu_compiler() is None:
+            use_compile = False
+            reasons.append(f"compile=auto: no C++ compiler ({os.environ.get('CXX') or 'g++'}) for torch.compile "
+                           "on a CPU; install g++ to compile")
         elif planned_updates is not None and planned_updates < compile_min_updates:
             use_compile = False
             reasons.append(f"compile=auto: {planned_updates:,} updates planned, under the "
@@ -123,6 +138,9 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
             use_compile = True
             count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
             reasons.append(f"compile=auto: {count}compiled updates ran 1.2-1.8x faster on the CPUs measured")
+    elif use_compile and dev.type == "cpu" and cpu_compiler() is None:
+        raise UserError(f"compile=true needs a C++ compiler for torch.compile on a CPU ({os.environ.get('CXX') or 'g++'} "
+                        "not found): install g++, or use compile=auto or compile=false")
     return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
                      why="; ".join(reasons) or "set explicitly")
 

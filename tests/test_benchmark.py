@@ -69,3 +69,20 @@ def test_unknown_stage_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.benchmark", *TINY, "stages=[warp]", f"out={tmp_path}/r.json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown stage" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_a_cpp_compiler_compiled_variants_are_left_out_or_refused(tmp_path):
+    """torch.compile on a CPU calls $CXX (else g++): without one the default run times the eager
+    variants and says why; asking for a compiled variant is one clear line."""
+    env = {**__import__("os").environ, "CXX": "no-such-compiler-here"}
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.benchmark", *TINY, "stages=[update]", f"out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no C++ compiler (no-such-compiler-here)" in proc.stdout
+    assert sorted(json.loads(out.read_text())["stages"]["update"]) == ["eager_bf16", "eager_fp32"]
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.benchmark", *TINY, "stages=[update]",
+                           "update_variants=[compiled_fp32]", f"out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "has compiled variants, but there is no C++ compiler" in proc.stderr

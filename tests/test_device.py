@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from envs.errors import ConfigError
+from pixel_ddpg.config import UserError
+from pixel_ddpg import device
 from pixel_ddpg.device import plan_threads, resolve_precision, set_cpu_threads
 
 XEON_AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -35,6 +37,24 @@ def test_compile_auto_on_cpu_only_when_the_run_repays_compiling(planned, compile
     assert p.compile is compiled and "compile=auto" in p.why
     if not compiled:
         assert "repay ~30 s of compiling" in p.why
+
+
+def test_compile_auto_stays_eager_on_a_cpu_without_a_cpp_compiler(monkeypatch):
+    """torch.compile's CPU backend calls $CXX or g++: a machine without one would fail at the first update."""
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    p = resolve_precision("cpu", "false", compile="auto", planned_updates=330_000, compile_min_updates=10_000,
+                          flags=XEON_AMX)
+    assert not p.compile and "no C++ compiler (no-such-compiler-here)" in p.why
+    monkeypatch.delenv("CXX")
+    if device.cpu_compiler() is not None:  # g++ here: the same run compiles
+        assert resolve_precision("cpu", "false", compile="auto", planned_updates=330_000,
+                                 compile_min_updates=10_000, flags=XEON_AMX).compile
+
+
+def test_compile_true_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(UserError, match="compile=true needs a C\\+\\+ compiler"):
+        resolve_precision("cpu", "false", compile="true")
 
 
 def test_explicit_compile_is_kept_and_the_reason_says_so():
