@@ -32,6 +32,9 @@ from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
 
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episodes
+# Ctrl-C, kill, and SLURM's warning before a job's time limit (submitit asks for SIGUSR2 120 s
+# ahead): each one saves a checkpoint and stops, so the job can continue with resume=.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
 
 
@@ -310,7 +313,7 @@ class Trainer:
         return True
 
     def train(self) -> dict[str, Any]:
-        """Run until ``total_frames``; on SIGINT/SIGTERM save a checkpoint and stop cleanly.
+        """Run until ``total_frames``; on SIGINT/SIGTERM/SIGUSR2 save a checkpoint and stop cleanly.
 
         A signal is honoured between agent steps and between evaluation steps, so within a
         few seconds even on a software rasterizer; the checkpoint holds the counters of the last
@@ -318,7 +321,7 @@ class Trainer:
         """
         cfg, c = self.cfg, self.counters
         total = int(cfg.total_frames)
-        previous = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
         window_start, window_frame = time.perf_counter(), c.frame
         started = time.perf_counter() - c.wall_s
         try:

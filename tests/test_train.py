@@ -73,7 +73,8 @@ def test_resume_continues_counters_without_duplicate_rows(tmp_path):
     assert not (tmp_path / "ignored").exists()
 
 
-def test_sigint_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2 (SLURM's time-limit warning)"])
+def test_a_stop_signal_leaves_a_loadable_checkpoint(tmp_path, sig):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pixel_ddpg.train", *TINY, "obs=state", "total_frames=10000000",
            "checkpoint.every_frames=10000000", f"hydra.run.dir={run}"]
@@ -82,9 +83,9 @@ def test_sigint_leaves_a_loadable_checkpoint(tmp_path):
     while time.time() < deadline and not (run / "train.csv").exists() or len(rows(run / "train.csv")) < 2:
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, out + err
+    assert proc.returncode == 128 + sig, out + err
     assert "resume=" in out + err
     ckpt = ckpt_io.load(run)
     assert 0 < ckpt["counters"]["frame"] < 10000000
