@@ -22,6 +22,14 @@ def tiny(base: dict = PAPER, **over: object) -> EnvSettings:
     return EnvSettings(**{**base, **over})
 
 
+@pytest.fixture(autouse=True)
+def private_replay_registry(tmp_path_factory, monkeypatch):
+    """Each test plans CPU replays against its own registry: training runs elsewhere on the
+    machine (their replays are recorded for side-by-side planning) must not change a test's plan."""
+    registry = tmp_path_factory.mktemp("replay-registry")
+    monkeypatch.setattr("pixel_ddpg.replay._registry", lambda: registry)
+
+
 @pytest.fixture
 def settings_factory():
     return tiny
