@@ -139,7 +139,8 @@ class Trainer:
                           tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress,
                           progress_every_s=float(cfg.log.get("progress_every_s", 10)))
         self._stop_signal: int | None = None
-        self._saturated_rows, self._saturation_warned = 0, False
+        self._collapse_rows: dict[str, int] = {}
+        self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, "
                                 f"EnvPool {self.env_threads} of {usable_cores()} usable cores")
@@ -364,21 +365,30 @@ class Trainer:
                                "episode_return": float(np.mean(finished)) if finished else float("nan")}
         if metrics is not None:  # the only place a device value is read back
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
-            self._warn_if_saturated(row.get("sat_frac", float("nan")))
+            self._warn_on_collapse(row)
         self.log.train.write(row)
         self.log.scalars("train", row, c.frame)
         self._finished = []
 
-    def _warn_if_saturated(self, sat_frac: float) -> None:
-        """Say so once when every action sits on its bound at two log points in a row: under Adam
-        a saturated tanh actor does not come back by itself (docs/results.md, "The collapse")."""
-        self._saturated_rows = self._saturated_rows + 1 if sat_frac >= SATURATED_ROWS_SHARE else 0
-        if self._saturated_rows == 2 and not self._saturation_warned:
-            self._saturation_warned = True
-            self.log.progress.write(
-                f"warning: {sat_frac:.0%} of the actor's actions are at their bounds (tanh saturated) at "
-                f"{self.counters.frame:,} frames; it rarely recovers on its own: agent.actor_preact_penalty=0.01 "
-                "keeps it out of saturation (agent=ddpg_shift_nstep uses it)")
+    def _warn_on_collapse(self, row: dict[str, Any]) -> None:
+        """Say once when the learner sits in one of the two states it does not leave by itself
+        (docs/results.md): every action on its bound (a saturated tanh under Adam), or an encoder
+        whose features are all zero (dead ReLUs get no gradient). Two log points in a row count."""
+        checks = {
+            "saturated": (row.get("sat_frac", math.nan) >= SATURATED_ROWS_SHARE,
+                          f"{row.get('sat_frac', math.nan):.0%} of the actor's actions are at their bounds (tanh "
+                          "saturated); it rarely recovers on its own: agent.actor_preact_penalty=0.01 keeps it out of "
+                          "saturation (agent=ddpg_shift_nstep uses it)"),
+            "dead encoder": (row.get("feat_norm", math.nan) == 0.0,
+                             "the encoder's features are all zero (every ReLU of its last layer is dead), so the "
+                             "agent no longer sees; a lower critic lr (agent.critic_lr=1e-4) kept them alive where "
+                             "1e-3 killed them"),
+        }
+        for name, (bad, message) in checks.items():
+            self._collapse_rows[name] = self._collapse_rows.get(name, 0) + 1 if bad else 0
+            if self._collapse_rows[name] == 2 and name not in self._collapse_warned:
+                self._collapse_warned.add(name)
+                self.log.progress.write(f"warning: at {self.counters.frame:,} frames {message}")
 
     def close(self) -> None:
         if self._collector is not None:

@@ -79,3 +79,21 @@ def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_
     assert logged and all(r["feat_norm"] and r["pre_tanh"] for r in logged)
     assert float(logged[-1]["sat_frac"]) >= 0.95, logged[-1]
     assert proc.stdout.count("tanh saturated") == 1, proc.stdout
+
+
+def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
+    from types import SimpleNamespace
+
+    from pixel_ddpg.trainer import Trainer
+
+    said: list[str] = []
+    fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0),
+                           log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    rows = [{"sat_frac": 1.0, "feat_norm": 2.0}, {"sat_frac": 0.5, "feat_norm": 0.0},  # neither twice in a row
+            {"sat_frac": 1.0, "feat_norm": 3.0}, {"sat_frac": 0.97, "feat_norm": 0.0},
+            {"sat_frac": 1.0, "feat_norm": 0.0}, {"sat_frac": 1.0, "feat_norm": 0.0}, {"sat_frac": 1.0, "feat_norm": 0.0}]
+    for i, row in enumerate(rows):
+        fake.counters.frame = 1000 * i
+        Trainer._warn_on_collapse(fake, row)
+    assert [m.split(" frames ")[0] for m in said] == ["warning: at 3,000", "warning: at 4,000"]
+    assert "tanh saturated" in said[0] and "encoder's features are all zero" in said[1]
