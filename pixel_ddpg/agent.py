@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.errors import ConfigError
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.device import Precision
-from pixel_ddpg.networks import build_networks
+from pixel_ddpg.networks import build_networks, has_trunk
 from pixel_ddpg.noise import make_noise
 
 
@@ -70,7 +70,8 @@ class DDPGAgent:
         self.batch_size = int(c.batch_size if self.pixels else c.state_batch_size)
         self.gamma, self.tau = float(c.gamma), float(c.tau)
         self.actor_delay = int(c.actor_delay)
-        self.preact_penalty = float(c.actor_preact_penalty)
+        # Configs saved before the option existed (older checkpoints) meant no penalty.
+        self.preact_penalty = float(c.get("actor_preact_penalty", 0.0))
         if not self.preact_penalty >= 0:
             raise ConfigError(f"agent.actor_preact_penalty={c.actor_preact_penalty} must be >= 0")
         if self.actor_delay < 1:
@@ -301,7 +302,7 @@ class DDPGAgent:
             enc = _plain(c.encoder)
             sig["encoder"] = {"type": str(enc["type"]), "channels": [int(x) for x in enc["channels"]],
                               "kernels": [int(x) for x in enc["kernels"]], "strides": [int(x) for x in enc["strides"]],
-                              "feature_dim": int(enc["feature_dim"]) if enc["trunk"] else None}
+                              "feature_dim": int(enc["feature_dim"]) if has_trunk(enc) else None}
             sig["hidden"] = [int(h) for h in c.pixel_hidden]
         else:
             sig["encoder"] = None

@@ -171,6 +171,15 @@ def _ints(values: Any, key: str) -> list[int]:
     return out
 
 
+def has_trunk(enc: Any) -> bool:
+    """``agent.encoder.trunk``; a config saved before the key existed (an older checkpoint's)
+    had a trunk exactly when the encoder type was drqv2."""
+    trunk = enc.get("trunk", str(enc.get("type")) == "drqv2")
+    if trunk not in (True, False):
+        raise ConfigError(f"agent.encoder.trunk={trunk!r} must be true or false")
+    return bool(trunk)
+
+
 def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.ndarray,
                    action_high: np.ndarray) -> tuple[Encoder, Actor, Critic]:
     """Encoder, actor and critic the agent config describes, on the CPU, initialised from the
@@ -188,10 +197,7 @@ def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.nd
         raise ConfigError("agent.encoder.channels, kernels and strides must be lists of the same length; "
                           f"got {channels}, {kernels}, {strides}")
     hidden = _ints(c.pixel_hidden if pixels else c.state_hidden, "agent.pixel_hidden" if pixels else "agent.state_hidden")
-    trunk = enc.get("trunk", None)
-    if trunk not in (True, False):
-        raise ConfigError(f"agent.encoder.trunk={trunk!r} must be true or false")
-    trunk_dim = int(enc.feature_dim) if pixels and trunk else None
+    trunk_dim = int(enc.feature_dim) if pixels and has_trunk(enc) else None
     if trunk_dim is not None and trunk_dim < 1:
         raise ConfigError(f"agent.encoder.feature_dim={trunk_dim} must be positive")
     final_init = float(c.final_init_pixels if pixels else c.final_init_state)
@@ -204,4 +210,4 @@ def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.nd
     return encoder, actor, critic
 
 
-__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_"]
+__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_", "has_trunk"]

@@ -8,8 +8,10 @@ saturated state one the actor can leave.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from envs.errors import ConfigError
 from pixel_ddpg.agent import SATURATED
 from tests.test_agent import agent, batch
 
@@ -61,9 +63,6 @@ def test_trunk_on_the_paper_encoder_and_bad_values():
     assert isinstance(a.actor.trunk[1], torch.nn.LayerNorm) and a.actor.trunk[0].out_features == 50
     assert a.config_signature()["encoder"]["feature_dim"] == 50
     assert agent().config_signature()["encoder"]["feature_dim"] is None
-    import pytest
-
-    from envs.errors import ConfigError
     with pytest.raises(ConfigError, match="actor_preact_penalty"):
         agent("agent.actor_preact_penalty=-1")
     with pytest.raises(ConfigError, match="trunk"):
@@ -97,3 +96,22 @@ def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
         Trainer._warn_on_collapse(fake, row)
     assert [m.split(" frames ")[0] for m in said] == ["warning: at 3,000", "warning: at 4,000"]
     assert "tanh saturated" in said[0] and "encoder's features are all zero" in said[1]
+
+
+@pytest.mark.parametrize("agent_name,trunk", [("ddpg", False), ("drqv2", True)])
+def test_a_config_from_before_these_options_builds_the_same_agent(agent_name, trunk):
+    """Older checkpoints' configs have no actor_preact_penalty or encoder.trunk: evaluate and
+    resume rebuild the agent from them, with the meaning those configs had."""
+    from omegaconf import OmegaConf
+
+    from pixel_ddpg.agent import make_agent
+    from pixel_ddpg.config import compose
+    from tests.test_agent import CPU, spec
+
+    cfg = compose([f"agent={agent_name}"])
+    old = OmegaConf.to_container(cfg.agent, resolve=True)
+    del old["actor_preact_penalty"], old["encoder"]["trunk"]
+    now = make_agent(cfg.agent, spec(), CPU, 0)
+    before = make_agent(OmegaConf.create(old), spec(), CPU, 0)
+    assert before.preact_penalty == 0.0 and (before.actor.trunk is not None) is trunk
+    assert before.config_signature() == now.config_signature()
