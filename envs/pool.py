@@ -180,9 +180,12 @@ class VecEnv:
         return np.clip(action, self.spec.action_low, self.spec.action_high).astype(np.float64)
 
     def step(self, action: np.ndarray) -> EnvStep:
-        """Advance every env one agent step (``action_repeat`` EnvPool steps)."""
-        self.step_async(action)
-        return self.step_wait()
+        """Advance every env one agent step (``action_repeat`` EnvPool steps), in the calling
+        thread: callers that overlap stepping with other work (the trainer's collector thread)
+        already run it off their main thread, and a hop to the worker would only add a handoff."""
+        action = self.check_action(action)
+        self._wait_pending()
+        return self._step(action)
 
     def step_async(self, action: np.ndarray) -> None:
         """Start a step in a background thread; collect it with :meth:`step_wait`."""
