@@ -303,6 +303,8 @@ class DDPGAgent:
             sig["encoder"] = {"type": str(enc["type"]), "channels": [int(x) for x in enc["channels"]],
                               "kernels": [int(x) for x in enc["kernels"]], "strides": [int(x) for x in enc["strides"]],
                               "feature_dim": int(enc["feature_dim"]) if has_trunk(enc) else None}
+            if enc.get("center", False):  # only when on: signatures of checkpoints from before the key still match
+                sig["encoder"]["center"] = True
             sig["hidden"] = [int(h) for h in c.pixel_hidden]
         else:
             sig["encoder"] = None

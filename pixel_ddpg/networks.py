@@ -63,12 +63,18 @@ def _trunk(in_dim: int, feature_dim: int) -> nn.Sequential:
 
 class Encoder(nn.Module):
     """uint8 pixels → flattened conv features, scaled to [0, 1] as float here so that replay and
-    host→device copies stay uint8. State observations: identity (or the input batch norm)."""
+    host→device copies stay uint8. State observations: identity (or the input batch norm).
+
+    ``center``: scale to [-0.5, 0.5] instead (DrQ-v2's input). With inputs that are all positive,
+    a conv weight's gradient has the sign of its channel's error for every weight of the channel,
+    so Adam moves the whole channel's pre-activation one way at full rate and can switch the
+    channel off for every image (dead ReLUs, docs/results.md); centred inputs mix the signs."""
 
     def __init__(self, obs_shape: tuple[int, ...], channels: list[int], kernels: list[int], strides: list[int],
-                 batch_norm: bool) -> None:
+                 batch_norm: bool, center: bool = False) -> None:
         super().__init__()
         self.pixels = len(obs_shape) == 3
+        self.center = bool(center) and self.pixels
         if self.pixels:
             layers: list[nn.Module] = []
             in_ch = obs_shape[0]
@@ -89,11 +95,35 @@ class Encoder(nn.Module):
             dummy = torch.zeros(2, *obs_shape, dtype=torch.uint8 if self.pixels else torch.float32)
             self.out_dim = int(self.forward(dummy).shape[1])
 
+    def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
+        return x - 0.5 if self.center else x
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.pixels:
             return self.norm(obs.float())
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
-        return self.convs(x).flatten(1)
+        return self.convs(self._scaled(obs)).flatten(1)
+
+    @torch.no_grad()
+    def dead_channels(self, obs: torch.Tensor) -> torch.Tensor:
+        """Share of each conv layer's channels that no image of ``obs`` switches on, (layers,).
+
+        A dead ReLU gets no gradient back, so channels die one by one long before every feature
+        is 0 (``feat_norm``); this shows the encoder losing capacity while it still works.
+        Running statistics, not batch statistics, so a batch-norm encoder's state is untouched."""
+        if not self.pixels:
+            return torch.zeros(0)
+        was_training = self.training
+        self.eval()
+        try:
+            x, shares = self._scaled(obs), []
+            for layer in self.convs:
+                x = layer(x)
+                if isinstance(layer, nn.ReLU):
+                    shares.append((x.amax(dim=(0, 2, 3)) <= 0).float().mean())
+            return torch.stack(shares)
+        finally:
+            self.train(was_training)
 
 
 class Actor(nn.Module):
@@ -204,7 +234,10 @@ def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.nd
     batch_norm = bool(c.batch_norm)
     action_dim = int(np.asarray(action_low).shape[0])
 
-    encoder = Encoder(tuple(obs_shape), channels, kernels, strides, batch_norm)
+    center = enc.get("center", False)  # configs saved before the key existed: [0, 1] input
+    if center not in (True, False):
+        raise ConfigError(f"agent.encoder.center={center!r} must be true or false")
+    encoder = Encoder(tuple(obs_shape), channels, kernels, strides, batch_norm, center)
     actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, action_low, action_high)
     critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, bool(c.twin_q))
     return encoder, actor, critic
