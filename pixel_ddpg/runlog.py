@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "critic_loss", "actor_loss", "q",
-                "target_q", "feat_norm", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")
+                "target_q", "feat_norm", "dead_ch", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")
 EVAL_FIELDS = ("frame", "step", "return_mean", "return_std", "episodes", "length_mean", "wall_s")
 
 

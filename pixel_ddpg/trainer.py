@@ -365,6 +365,10 @@ class Trainer:
                                "episode_return": float(np.mean(finished)) if finished else float("nan")}
         if metrics is not None:  # the only place a device value is read back
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
+            if self.agent.pixels and self._batches:
+                dead = self.agent.encoder.dead_channels(self._batches[-1].obs)
+                row["dead_ch"] = float(dead.mean().item())
+                row.update({f"dead_ch_conv{i + 1}": float(v) for i, v in enumerate(dead.tolist())})  # TensorBoard
             self._warn_on_collapse(row)
         self.log.train.write(row)
         self.log.scalars("train", row, c.frame)
@@ -378,11 +382,11 @@ class Trainer:
             "saturated": (row.get("sat_frac", math.nan) >= SATURATED_ROWS_SHARE,
                           f"{row.get('sat_frac', math.nan):.0%} of the actor's actions are at their bounds (tanh "
                           "saturated); it rarely recovers on its own: agent.actor_preact_penalty=0.01 keeps it out of "
-                          "saturation (agent=ddpg_shift_nstep uses it)"),
+                          "saturation (agent=ddpg_ln_shift_nstep uses it)"),
             "dead encoder": (row.get("feat_norm", math.nan) == 0.0,
                              "the encoder's features are all zero (every ReLU of its last layer is dead), so the "
-                             "agent no longer sees; a lower critic lr (agent.critic_lr=1e-4) kept them alive where "
-                             "1e-3 killed them"),
+                             "agent no longer sees; a LayerNorm trunk in each head (agent.encoder.trunk=true, in "
+                             "agent=ddpg_ln_shift_nstep) kept them alive where they died without it"),
         }
         for name, (bad, message) in checks.items():
             self._collapse_rows[name] = self._collapse_rows.get(name, 0) + 1 if bad else 0

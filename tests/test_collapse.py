@@ -75,7 +75,8 @@ def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_
     # An absurd actor rate saturates the actor within a few dozen updates.
     proc = train(tmp_path / "run", "obs=pixels", "total_frames=480", "agent.actor_lr=0.3", "eval.every_frames=480")
     logged = [r for r in rows(tmp_path / "run" / "train.csv") if r["sat_frac"]]
-    assert logged and all(r["feat_norm"] and r["pre_tanh"] for r in logged)
+    assert logged and all(r["feat_norm"] and r["pre_tanh"] and r["dead_ch"] for r in logged)
+    assert all(0.0 <= float(r["dead_ch"]) <= 1.0 for r in logged)
     assert float(logged[-1]["sat_frac"]) >= 0.95, logged[-1]
     assert proc.stdout.count("tanh saturated") == 1, proc.stdout
 
@@ -115,3 +116,39 @@ def test_a_config_from_before_these_options_builds_the_same_agent(agent_name, tr
     before = make_agent(OmegaConf.create(old), spec(), CPU, 0)
     assert before.preact_penalty == 0.0 and (before.actor.trunk is not None) is trunk
     assert before.config_signature() == now.config_signature()
+
+
+def test_dead_channels_counts_the_channels_no_image_switches_on():
+    a = agent()
+    obs = batch(n=16).obs
+    fresh = a.encoder.dead_channels(obs)
+    assert fresh.shape == (3,) and not fresh.requires_grad
+    with torch.no_grad():
+        a.encoder.convs[0].bias[:8] = -1e3  # a quarter of the first layer's channels can no longer fire
+    dead = a.encoder.dead_channels(obs)
+    assert float(dead[0]) >= max(0.25, float(fresh[0]))
+    with torch.no_grad():
+        a.encoder.convs[0].bias.fill_(-1e3)  # the whole first layer: nothing reaches the others either
+    dead = a.encoder.dead_channels(obs)
+    assert float(dead[0]) == 1.0
+    assert a.update(batch(n=16))["feat_norm"] >= 0  # still trains (it is blind, which feat_norm shows later)
+
+
+def test_dead_channels_leaves_batch_norm_statistics_alone():
+    a = agent("agent.batch_norm=true")
+    bn = next(m for m in a.encoder.convs if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    a.encoder.train()
+    a.encoder.dead_channels(batch(n=16).obs)
+    torch.testing.assert_close(bn.running_mean, before)
+    assert a.encoder.training
+
+
+def test_centred_pixels_are_the_unit_range_pixels_less_a_half():
+    plain, centred = agent(), agent("agent.encoder.center=true")
+    obs = batch(n=4).obs
+    assert torch.equal(centred.encoder._scaled(obs), plain.encoder._scaled(obs) - 0.5)
+    assert centred.config_signature()["encoder"]["center"] is True
+    assert "center" not in plain.config_signature()["encoder"]  # signatures of older checkpoints still match
+    with pytest.raises(ConfigError, match="center"):
+        agent("agent.encoder.center=maybe")
