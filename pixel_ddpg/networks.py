@@ -86,7 +86,9 @@ class Encoder(nn.Module):
                     layers.append(nn.BatchNorm2d(ch))
                 layers.append(nn.ReLU())
                 in_ch = ch
-            self.convs = nn.Sequential(*layers)
+            # NHWC: eager updates ran 1.27x faster on an AVX2 CPU (oneDNN's layout; compiled ones
+            # choose their own and were level); cuDNN's preferred layout for bf16 too.
+            self.convs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
             self.norm: nn.Module = nn.Identity()
         else:
             self.convs = nn.Sequential()
@@ -97,7 +99,8 @@ class Encoder(nn.Module):
 
     def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
-        return x - 0.5 if self.center else x
+        x = x - 0.5 if self.center else x
+        return x.contiguous(memory_format=torch.channels_last)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.pixels:
