@@ -2,10 +2,11 @@
 
 Rebuilds env, obs pipeline, render profile and networks from the checkpoint's own config,
 runs N episodes with deterministic actions on a batch of envs, prints the returns and writes
-``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render).
-With ``q_record=true`` (the default) it also records the critic's Q against the discounted
-return that followed, step by step (``q_record.npz``; bias and correlation in eval.json's
-``q``; :mod:`pixel_ddpg.qestimate` says how time-limit truncation is handled).
+``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render);
+``strip_frames=N`` adds a PNG of N renders spread over the first episode. With
+``q_record=true`` (the default) it also records the critic's Q against the discounted return
+that followed, step by step (``q_record.npz``; bias and correlation in eval.json's ``q``;
+:mod:`pixel_ddpg.qestimate` says how time-limit truncation is handled).
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def _out_dir(cfg: DictConfig, ckpt: dict[str, Any]) -> Path:
 
 
 class EpisodeRecorder:
-    """Writes the first ``count`` episodes (in the (round, env) order of run_episodes) as MP4s."""
+    """Writes the first ``count`` episodes (in the (round, env) order of run_episodes) as MP4s.
 
-    def __init__(self, env: Any, out_dir: Path, count: int, size: int, fps: int) -> None:
+    ``strip_at``: frame indexes of the first episode whose renders also go into a PNG strip,
+    side by side (a still of the policy for a README or a paper)."""
+
+    def __init__(self, env: Any, out_dir: Path, count: int, size: int, fps: int,
+                 strip_at: frozenset[int] = frozenset(), strip_height: int = 128) -> None:
         from pixel_ddpg.video import VideoWriter
 
         self._writer_cls = VideoWriter
@@ -50,6 +55,8 @@ class EpisodeRecorder:
         self.frame = np.zeros(n, dtype=int)
         self.writers: dict[int, Any] = {}
         self.paths: list[Path] = []
+        self.strip_at, self.strip_height = strip_at, strip_height
+        self.strip: list[np.ndarray] = []
 
     def _episode_id(self, i: int) -> int:
         return int(self.round[i]) * self.env.spec.num_envs + i
@@ -60,13 +67,19 @@ class EpisodeRecorder:
         n = self.env.spec.num_envs
         for i in range(n):
             eid = self._episode_id(i)
-            if eid >= self.count:
+            video = eid < self.count
+            still = eid == 0 and int(self.frame[i]) in self.strip_at
+            if not (video or still):
+                continue
+            render = self.env.render([i], self.size)[0]
+            if still:
+                self.strip.append(render)
+            if not video:
                 continue
             if i not in self.writers:
                 path = self.out_dir / f"episode_{eid:03d}.mp4"
                 self.writers[i] = self._writer_cls(path, fps=self.fps).__enter__()
                 self.paths.append(path)
-            render = self.env.render([i], self.size)[0]
             obs = step.obs[i] if self.env.spec.pixels else None
             self.writers[i].write(compose_frame(obs, render, int(self.frame[i]), float(returns[i])))
         self.frame += 1
@@ -80,6 +93,30 @@ class EpisodeRecorder:
         for w in self.writers.values():
             w.__exit__(None, None, None)
         self.writers.clear()
+
+    def write_strip(self) -> Path | None:
+        """``episode_000_strip.png``: the first episode's chosen renders, left to right."""
+        if not self.strip:
+            return None
+        from PIL import Image
+
+        h = self.strip_height
+        tiles = [Image.fromarray(f).resize((round(f.shape[1] * h / f.shape[0]), h), Image.LANCZOS) for f in self.strip]
+        canvas = Image.new("RGB", (sum(t.width for t in tiles), h))
+        x = 0
+        for t in tiles:
+            canvas.paste(t, (x, 0))
+            x += t.width
+        path = self.out_dir / "episode_000_strip.png"
+        canvas.save(path, optimize=True)
+        return path
+
+
+def strip_frames(count: int, episode_steps: int) -> frozenset[int]:
+    """``count`` frame indexes spread evenly over an episode (frame 0 is the reset, the last the end)."""
+    if count <= 0:
+        return frozenset()
+    return frozenset(int(round(x)) for x in np.linspace(0, episode_steps, count)) if count > 1 else frozenset({0})
 
 
 def _chain(hooks: list[Callable[[EnvStep, np.ndarray], None]]) -> Callable[[EnvStep, np.ndarray], None] | None:
@@ -119,6 +156,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     episodes = int(cfg.episodes)
     if episodes < 1:
         raise UserError(f"episodes={episodes} must be at least 1")
+    if int(cfg.strip_frames) < 0:
+        raise UserError(f"strip_frames={cfg.strip_frames} must be zero or a positive whole number")
     tolerance = check_tolerance(cfg.q_tail_tolerance) if cfg.q_record else None
     ckpt = ckpt_io.load(cfg.checkpoint)
     warning = provenance.mismatch_warning(ckpt.get("provenance"), str(ckpt["path"]))
@@ -142,9 +181,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
         agent.load_state_dict(ckpt["agent"])
         recorder = None
-        if cfg.video and int(cfg.video_episodes) > 0:
-            recorder = EpisodeRecorder(env, out, min(int(cfg.video_episodes), episodes), int(cfg.video_size),
-                                       int(cfg.video_fps))
+        strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
+        if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:
+            recorder = EpisodeRecorder(env, out, min(int(cfg.video_episodes), episodes) if cfg.video else 0,
+                                       int(cfg.video_size), int(cfg.video_fps), strip_at, int(cfg.strip_height))
         policy = agent_policy(agent, precision.device)
         qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if cfg.q_record else None
         hooks = [h for h in (recorder, qrec.on_step if qrec else None) if h is not None]
@@ -162,6 +202,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
         "videos": [p.name for p in (recorder.paths if recorder else [])],
     }
+    strip = recorder.write_strip() if recorder is not None else None
+    if strip is not None:
+        summary["strip"] = strip.name
     if qrec is not None:
         summary["q"] = _write_q_record(qrec, res.lengths, summary, out, tolerance)
     if cfg.plot:

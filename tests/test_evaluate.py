@@ -54,6 +54,38 @@ def test_evaluate_writes_returns_json_video_and_plot(pixel_run, tmp_path):
     assert (out / "curve.png").stat().st_size > 0
 
 
+def test_strip_holds_the_first_episodes_renders_at_evenly_spread_frames(pixel_run, tmp_path):
+    import av
+    from PIL import Image
+
+    from pixel_ddpg.evaluate import strip_frames
+    from pixel_ddpg.video import MARGIN
+
+    assert strip_frames(3, 10) == {0, 5, 10} and strip_frames(1, 10) == {0} and strip_frames(0, 10) == set()
+    out = tmp_path / "ev"
+    proc = evaluate(f"checkpoint={pixel_run}", "episodes=2", f"out_dir={out}", "video_episodes=1", "video_size=64",
+                    "strip_frames=3", "strip_height=64", "q_record=false")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "eval.json").read_text())
+    strip = np.asarray(Image.open(out / summary["strip"]).convert("RGB"))
+    assert strip.shape == (64, 3 * 64, 3)
+    with av.open(str(out / summary["videos"][0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    for tile, at in enumerate((0, 5, 10)):  # the render in the (lossy) video's frame at the same index
+        render = frames[at][MARGIN:MARGIN + 64, MARGIN:MARGIN + 64].astype(int)
+        assert np.abs(strip[:, tile * 64:(tile + 1) * 64].astype(int) - render).mean() < 8, tile
+    assert not np.array_equal(strip[:, :64], strip[:, 128:])  # the episode moved on
+    without_video = tmp_path / "still"
+    proc = evaluate(f"checkpoint={pixel_run}", "episodes=1", f"out_dir={without_video}", "video=false",
+                    "strip_frames=2", "strip_height=32", "q_record=false")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list(without_video.glob("*.mp4"))
+    assert Image.open(without_video / "episode_000_strip.png").size[1] == 32
+    proc = evaluate(f"checkpoint={pixel_run}", "episodes=1", f"out_dir={tmp_path}/bad", "strip_frames=-1")
+    assert proc.returncode == 2 and "strip_frames=-1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
 def test_random_policy_return_equals_the_env_for_the_same_seed_and_actions():
     s = tiny(PAPER, num_envs=2, seed=11)
     actions = np.random.default_rng(0).uniform(-1, 1, size=(40, 2, 1))
