@@ -173,8 +173,19 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, frame, mean, std, group, label, seed, flat)
 
 
+def _differences(config: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """``key=value`` for each key where ``config`` differs from ``base``; another agent preset is
+    named once (``agent.name=ddpg``), not by every setting the presets differ in."""
+    keys = sorted(set(config) | set(base))
+    differing = [k for k in keys if repr(config.get(k)) != repr(base.get(k))]
+    if "agent.name" in differing:
+        differing = ["agent.name"] + [k for k in differing if not k.startswith("agent.")]
+    return [f"{k}={config.get(k)}" for k in differing]
+
+
 def group_labels(groups: dict[str, list[Run]]) -> dict[str, str]:
-    """Group labels; groups sharing a label (same env and obs) get the config keys that differ."""
+    """Group labels; groups sharing a label (same env and obs) are named by how their config
+    differs from the group with the most seeds (at most 3 keys), which keeps the plain label."""
     labels = {g: runs[0].label for g, runs in groups.items()}
     by_label: dict[str, list[str]] = {}
     for g, label in labels.items():
@@ -182,12 +193,14 @@ def group_labels(groups: dict[str, list[Run]]) -> dict[str, str]:
     for label, gs in by_label.items():
         if len(gs) < 2:
             continue
-        configs = [groups[g][0].config or {} for g in gs]
-        keys = sorted({k for c in configs for k in c})
-        differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-        for g, c in zip(gs, configs):
-            extra = ", ".join(f"{k}={c.get(k)}" for k in differing[:3])
-            labels[g] = f"{label} ({extra})" if extra else f"{label} [{groups[g][0].path.parent.name}]"
+        base = max(gs, key=lambda g: len(groups[g]))  # the first of the largest groups
+        base_config = groups[base][0].config or {}
+        for g in gs:
+            if g == base:
+                continue
+            extra = _differences(groups[g][0].config or {}, base_config)
+            shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+            labels[g] = f"{label} ({shown})" if extra else f"{label} [{groups[g][0].path.parent.name}]"
     return labels
 
 

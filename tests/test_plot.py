@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pixel_ddpg.config import UserError
-from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, load_run, plot_runs
+from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, group_labels, load_run, plot_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "frame,step,return_mean,return_std,episodes,length_mean,wall_s\n"
@@ -19,7 +19,7 @@ SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
 
 
 def make_run(path: Path, frames: list[int], returns: list[float], *, env: str = "cheetah", obs: str = "pixels",
-             seed: int | None = 0, lr: float = 1e-3, std: str = "5") -> Path:
+             seed: int | None = 0, lr: float = 1e-3, std: str = "5", agent: str = "ddpg", nstep: int = 1) -> Path:
     """A run dir as the trainer leaves it: eval.csv and (when seed is given) .hydra/config.yaml."""
     path.mkdir(parents=True)
     rows = "".join(f"{f},{f // 3},{r},{std},10,333,{f / 1000}\n" for f, r in zip(frames, returns))
@@ -28,7 +28,8 @@ def make_run(path: Path, frames: list[int], returns: list[float], *, env: str = 
         (path / ".hydra").mkdir()
         (path / ".hydra" / "config.yaml").write_text(
             f"env:\n  name: {env}\n  task_id: X-v1\nobs:\n  type: {obs}\n  image_size: 64\n"
-            f"agent:\n  lr: {lr}\nseed: {seed}\ndevice: auto\ntotal_frames: {frames[-1]}\n"
+            f"agent:\n  name: {agent}\n  lr: {lr}\n  nstep: {nstep}\nseed: {seed}\ndevice: auto\n"
+            f"total_frames: {frames[-1]}\n"
         )
     return path
 
@@ -77,6 +78,17 @@ def test_seeds_share_a_group_and_other_configs_do_not(runs: list[Path], tmp_path
     # a different learning rate is a different config
     lr = load_run(make_run(tmp_path / "lr", [0, 10000], [0, 1], seed=0, lr=3e-4))
     assert lr.group != loaded[0].group
+
+
+def test_ablations_are_named_by_what_they_change_from_the_group_with_most_seeds(tmp_path: Path) -> None:
+    base = [load_run(make_run(tmp_path / f"b{s}", [0, 10], [0, 1], seed=s, agent="mine", nstep=3)) for s in range(3)]
+    one_off = load_run(make_run(tmp_path / "n1", [0, 10], [0, 1], agent="mine", nstep=1, lr=3e-4))
+    paper = load_run(make_run(tmp_path / "p", [0, 10], [0, 1], agent="ddpg", nstep=1, lr=3e-4))
+    groups = {base[0].group: base, one_off.group: [one_off], paper.group: [paper]}
+    labels = group_labels(groups)
+    assert labels[base[0].group] == "cheetah pixels"
+    assert labels[one_off.group] == "cheetah pixels (agent.lr=0.0003, agent.nstep=1)"
+    assert labels[paper.group] == "cheetah pixels (agent.name=ddpg)"  # a preset is named, not its settings
 
 
 def test_seed_band_is_mean_and_min_max_on_common_frames(tmp_path: Path) -> None:
