@@ -48,7 +48,7 @@ def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tenso
 
     Replicate padding + crop is the same as clamping the source index, so it is one ``gather``
     over each image's flattened pixels, with no padded copy; uint8 stays uint8. (Two gathers, rows
-    then columns, took 3.2x as long on a CPU.) ``shifts``: int64 (B, 2) in [0, 2*pad].
+    then columns, took 3-5x as long on a CPU.) ``shifts``: int64 (B, 2) in [0, 2*pad].
     """
     b, c, h, w = x.shape
     rows = (torch.arange(h, device=x.device) + shifts[:, :1] - pad).clamp_(0, h - 1)  # (B, H)
