@@ -96,6 +96,14 @@ class Counters:
     next_checkpoint: int = 0
 
 
+def _after(frame: int, scheduled: int, every: int) -> int:
+    """The first point of a ``scheduled + k * every`` schedule past ``frame``: what a checkpoint
+    saved at ``frame`` must hold so that a resume neither repeats nor skips one."""
+    if scheduled > frame:
+        return scheduled
+    return scheduled + ((frame - scheduled) // every + 1) * every
+
+
 class Trainer:
     """One training run in ``run_dir``; ``resume`` continues a checkpoint of the same run."""
 
@@ -328,11 +336,16 @@ class Trainer:
         try:
             self.start()
             while c.frame < total and self._stop_signal is None:
+                # Evaluate, then checkpoint: a checkpoint never holds an evaluation that already
+                # wrote its row, so a run resumed from it (after a crash) does not repeat that row.
                 if c.frame >= c.next_eval:
                     if not self._maybe_evaluate():
                         break
-                    c.next_eval += int(cfg.eval.every_frames)
+                    c.next_eval = _after(c.frame, c.next_eval, int(cfg.eval.every_frames))
                     window_start, window_frame = time.perf_counter(), c.frame  # fps excludes evaluation
+                if c.frame >= c.next_checkpoint:
+                    c.next_checkpoint = _after(c.frame, c.next_checkpoint, int(cfg.checkpoint.every_frames))
+                    self.save()
                 self.iteration()
                 c.wall_s = time.perf_counter() - started
                 if c.frame >= c.next_log:
@@ -340,12 +353,9 @@ class Trainer:
                     self._log_train((c.frame - window_frame) / max(now - window_start, 1e-9))
                     window_start, window_frame = now, c.frame
                     c.next_log += int(cfg.log.every_frames)
-                if c.frame >= c.next_checkpoint:
-                    self.save()
-                    c.next_checkpoint += int(cfg.checkpoint.every_frames)
                 self.log.progress.update(c.frame, last_eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
-            if self._stop_signal is None:
-                self._maybe_evaluate()
+            if self._stop_signal is None and self._maybe_evaluate():
+                c.next_eval = _after(c.frame, c.next_eval, int(cfg.eval.every_frames))
             interrupted = self._stop_signal is not None
             path = self.save()
             if interrupted:

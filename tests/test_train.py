@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,41 @@ def test_resume_continues_counters_without_duplicate_rows(tmp_path):
         assert f == sorted(set(f)), f"{name} has duplicated or unordered rows: {f}"
     assert frames(run / "eval.csv") == [0, 120, 180, 240, 360]  # 180: the first run's final evaluation
     assert not (tmp_path / "ignored").exists()
+
+
+def test_resume_from_a_final_evaluation_on_the_schedule_repeats_no_row(tmp_path):
+    run = tmp_path / "run"
+    train(run, "obs=state", "total_frames=240")  # its last evaluation, at 240, is also a scheduled one
+    train(tmp_path / "ignored", "resume=" + str(run), "total_frames=360")
+    assert frames(run / "eval.csv") == [0, 120, 240, 360]
+
+
+def test_a_run_killed_after_a_periodic_checkpoint_resumes_without_repeating_rows(tmp_path):
+    """The state a crash leaves: the last periodic checkpoint and the logs as they were then."""
+    from pixel_ddpg.config import compose
+    from pixel_ddpg.trainer import Trainer
+
+    run, crashed = tmp_path / "run", tmp_path / "crashed"
+    run.mkdir()
+    trainer = Trainer(compose([*TINY, "obs=state", "total_frames=240"]), run)
+    save = trainer.save
+    held: list[dict[str, int]] = []
+
+    def save_and_copy(best: bool = False) -> Path:
+        path = save(best)
+        if not best and trainer.counters.frame == 120:  # an evaluation and a checkpoint are both due at 120
+            held.append(dict(next_eval=trainer.counters.next_eval, next_checkpoint=trainer.counters.next_checkpoint))
+            shutil.copytree(run, crashed)
+        return path
+
+    trainer.save = save_and_copy
+    trainer.train()
+    assert held == [{"next_eval": 240, "next_checkpoint": 180}], "the checkpoint should hold no work already done"
+    assert frames(crashed / "eval.csv") == [0, 120]
+    train(tmp_path / "ignored", "resume=" + str(crashed), "total_frames=240")
+    assert frames(crashed / "eval.csv") == frames(run / "eval.csv") == [0, 120, 240]
+    f = frames(crashed / "train.csv")
+    assert f == sorted(set(f)), f"train.csv has duplicated or unordered rows: {f}"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR2], ids=["SIGINT", "SIGUSR2 (SLURM's time-limit warning)"])
