@@ -310,11 +310,13 @@ class Trainer:
         self._step = step
 
     def _maybe_evaluate(self) -> bool:
-        """Evaluate (keeping the best checkpoint); False when a stop signal interrupted it."""
+        """Evaluate (keeping the best checkpoint) and schedule the next one; False when a stop
+        signal interrupted it, which leaves it scheduled so that a resume redoes it."""
         c = self.counters
         score = self.evaluate()
         if score is None:
             return False
+        c.next_eval = _after(c.frame, c.next_eval, int(self.cfg.eval.every_frames))
         if score > c.best_return:
             c.best_return = score
             if self.cfg.checkpoint.keep_best:
@@ -341,7 +343,6 @@ class Trainer:
                 if c.frame >= c.next_eval:
                     if not self._maybe_evaluate():
                         break
-                    c.next_eval = _after(c.frame, c.next_eval, int(cfg.eval.every_frames))
                     window_start, window_frame = time.perf_counter(), c.frame  # fps excludes evaluation
                 if c.frame >= c.next_checkpoint:
                     c.next_checkpoint = _after(c.frame, c.next_checkpoint, int(cfg.checkpoint.every_frames))
@@ -354,8 +355,8 @@ class Trainer:
                     window_start, window_frame = now, c.frame
                     c.next_log += int(cfg.log.every_frames)
                 self.log.progress.update(c.frame, last_eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
-            if self._stop_signal is None and self._maybe_evaluate():
-                c.next_eval = _after(c.frame, c.next_eval, int(cfg.eval.every_frames))
+            if self._stop_signal is None:
+                self._maybe_evaluate()
             interrupted = self._stop_signal is not None
             path = self.save()
             if interrupted:
