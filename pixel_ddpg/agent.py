@@ -75,6 +75,10 @@ class DDPGAgent:
         self.preact_penalty = float(c.get("actor_preact_penalty", 0.0))
         if not self.preact_penalty >= 0:
             raise ConfigError(f"agent.actor_preact_penalty={c.actor_preact_penalty} must be >= 0")
+        # ... and configs saved before the knee existed penalised every pre-tanh value (knee 0).
+        self.preact_knee = float(c.get("actor_preact_knee", 0.0))
+        if not self.preact_knee >= 0:
+            raise ConfigError(f"agent.actor_preact_knee={c.actor_preact_knee} must be >= 0")
         if self.actor_delay < 1:
             raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
         self.twin_q = bool(c.twin_q)
@@ -198,7 +202,10 @@ class DDPGAgent:
             loss = -self.critic(feat, self.actor.squash(pre))[0].float().mean()
         pre = pre.float()
         if self.preact_penalty > 0:
-            loss = loss + self.preact_penalty * pre.square().mean()
+            # Beyond the knee only: small actions feel no pull towards 0, so a tiny dQ/da (a sparse
+            # task before its first reward) still moves them; saturation is still pushed back.
+            excess = (pre.abs() - self.preact_knee).clamp_min(0.0) if self.preact_knee > 0 else pre
+            loss = loss + self.preact_penalty * excess.square().mean()
         saturated = (torch.tanh(pre.detach()).abs() > SATURATED).float().mean()
         return loss, pre.detach().abs().mean(), saturated
 

@@ -313,7 +313,7 @@ class Benchmark:
                         trainer.iteration()
 
                 # the same agent's updates alone, on batches sampled beforehand: what the loop could reach
-                per_step = float(cfg.utd_ratio) * trainer.spec.num_envs
+                per_step = trainer.updates_per_step * trainer.spec.num_envs
                 n_updates = max(1, round(self.steps * per_step))
                 batches = [trainer.replay.sample(trainer.batch_size) for _ in range(n_updates)]
 
@@ -324,11 +324,11 @@ class Benchmark:
                 both = self.timer.side_by_side({"loop": (run, self.steps * trainer.frames_per_step, "frames/s"),
                                                 "learner": (learn, n_updates, "updates/s")})
                 r = both["loop"]
-                frames_per_update = trainer.spec.action_repeat / float(cfg.utd_ratio)
+                frames_per_update = trainer.spec.action_repeat / trainer.updates_per_step
                 r.update(learner_alone=both["learner"], frames_per_update=frames_per_update,
                          loop_vs_learner=r["median"] / (both["learner"]["median"] * frames_per_update))
                 r.update(task_id=trainer.settings.task_id, obs_shape=list(trainer.spec.obs_shape),
-                         num_envs=trainer.spec.num_envs, utd_ratio=float(cfg.utd_ratio), batch_size=trainer.batch_size,
+                         num_envs=trainer.spec.num_envs, utd_ratio=trainer.updates_per_step, batch_size=trainer.batch_size,
                          amp=str(trainer.precision.amp_dtype), compile=trainer.precision.compile,
                          variant=variant_of(trainer.precision),
                          async_env=bool(cfg.async_env))

@@ -55,14 +55,30 @@ def check_counts(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{key}={value} must be zero or a positive whole number")
-    if not float(cfg.utd_ratio) > 0:
-        raise UserError(f"utd_ratio={cfg.utd_ratio} must be positive")
+    updates_per_step(cfg)
+
+
+def updates_per_step(cfg: DictConfig) -> float:
+    """Updates per transition collected: ``utd_ratio`` when set; else one update per
+    ``agent.frames_per_update`` env frames, which keeps a learner's compute per frame (and so per
+    CPU minute) the same at any task's action repeat; else (both null) one per transition."""
+    utd = cfg.get("utd_ratio")
+    if utd is not None:
+        if isinstance(utd, bool) or not isinstance(utd, (int, float)) or not utd > 0:
+            raise UserError(f"utd_ratio={utd} must be a positive number, or null to use agent.frames_per_update")
+        return float(utd)
+    per = cfg.agent.get("frames_per_update")  # absent from older checkpoints' configs: one per step
+    if per is None:
+        return 1.0
+    if isinstance(per, bool) or not isinstance(per, (int, float)) or not per > 0:
+        raise UserError(f"agent.frames_per_update={per} must be a positive number, or null (or set utd_ratio)")
+    return int(cfg.obs.action_repeat) / float(per)
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
-    """Updates the rest of the run will make: frames past the warm-up / repeat x utd_ratio."""
+    """Updates the rest of the run will make: frames past the warm-up / repeat x updates per step."""
     frames = max(0, int(cfg.total_frames) - max(int(cfg.warmup_frames), frame))
-    return int(frames / int(cfg.obs.action_repeat) * float(cfg.utd_ratio))
+    return int(frames / int(cfg.obs.action_repeat) * updates_per_step(cfg))
 
 
 def rng_state() -> dict[str, Any]:
@@ -135,6 +151,7 @@ class Trainer:
         self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
         self.batch_size = int(self.agent.batch_size)
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
+        self.updates_per_step = updates_per_step(cfg)
         self.eval_env: VecEnv | None = None
         self._collector: ThreadPoolExecutor | None = None
         if resume is not None:
@@ -213,7 +230,7 @@ class Trainer:
         if len(self.replay) < self.learning_starts or self.replay.num_added <= self.replay.nstep:
             return 0
         c = self.counters
-        c.update_credit += float(self.cfg.utd_ratio) * self.spec.num_envs
+        c.update_credit += self.updates_per_step * self.spec.num_envs
         n = int(c.update_credit)
         c.update_credit -= n
         return n
