@@ -75,6 +75,18 @@ def updates_per_step(cfg: DictConfig) -> float:
     return int(cfg.obs.action_repeat) / float(per)
 
 
+def describe_setup(cfg: DictConfig, spec: Any, batch_size: int, per_step: float) -> str:
+    """The start-up line that says which learner learns from which observation: the defaults
+    changed from the paper's (setup=paper), and a curve means little without both."""
+    a = cfg.agent
+    obs = (f"{'x'.join(str(int(d)) for d in spec.obs_shape)} uint8, "
+           + ("the renders of every sub-step" if cfg.obs.render_substeps else f"last {spec.frame_stack} agent steps' renders")
+           if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
+    return (f"learner: agent={a.name} (batch {batch_size}, {per_step:g} updates per agent step = one per "
+            f"{spec.action_repeat / per_step:g} frames, {'twin Q' if a.twin_q else 'one Q'}, {int(a.nstep)}-step returns, "
+            f"{a.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
+
+
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
     """Updates the rest of the run will make: frames past the warm-up / repeat x updates per step."""
     frames = max(0, int(cfg.total_frames) - max(int(cfg.warmup_frames), frame))
@@ -167,6 +179,7 @@ class Trainer:
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
+        self.log.progress.write(describe_setup(cfg, self.spec, self.batch_size, self.updates_per_step))
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, "
                                 f"EnvPool {self.env_threads} of {usable_cores()} usable cores")
         if self.settings.pixels and self.settings.render == "standard" and software_rendering():
