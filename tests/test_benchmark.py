@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["quick=true", "env=cartpole_balance", "env.episode_sim_steps=30", "render=fast", "obs.image_size=16",
+TINY = ["quick=true", "setup=paper", "env=cartpole_balance", "env.episode_sim_steps=30", "render=fast", "obs.image_size=16",
         "num_envs=2", "replay_capacity=400", "naive_replay_capacity=100", "device=cpu", "compile=false"]
 
 

@@ -58,6 +58,35 @@ def test_the_pre_tanh_penalty_pulls_a_saturated_actor_back():
     assert end < start - 2.0, (start, end)
 
 
+def test_the_penalty_beyond_a_knee_still_pulls_a_saturated_actor_back():
+    a = agent("agent.actor_lr=1e-3", "agent.actor_preact_penalty=0.01", "agent.actor_preact_knee=2.0")
+    _saturate(a)
+    start, _ = _pre_tanh_after(a, 1)
+    end, sat = _pre_tanh_after(a, 60)
+    assert end < start - 2.0, (start, end)
+
+
+@pytest.mark.parametrize("knee,pulls", [(0.0, True), (2.0, False)])
+def test_below_the_knee_the_penalty_does_not_pull_actions_to_zero(knee, pulls):
+    """On a sparse task dQ/da is ~0 before the first reward: the plain u^2 penalty then drags every
+    action to 0 (finger_spin stayed pinned there); beyond a knee it leaves |u| < knee alone."""
+    a = agent("agent.actor_preact_penalty=0.01", f"agent.actor_preact_knee={knee}")
+    feat = torch.randn(16, a.encoder.out_dim)
+    pre = a.actor.pre_tanh(feat)
+    assert pre.abs().max() < 2.0
+    with torch.no_grad():
+        a.critic.heads[0].post[-1].weight.zero_()  # a flat critic: no dQ/da at all
+    loss, _, _ = a._actor_loss(feat)
+    loss.backward()
+    grad = a.actor.net[-1].weight.grad.abs().sum()
+    assert bool(grad > 0) is pulls, float(grad)
+
+
+def test_a_negative_knee_is_refused():
+    with pytest.raises(ConfigError, match="actor_preact_knee"):
+        agent("agent.actor_preact_knee=-1")
+
+
 def test_trunk_on_the_paper_encoder_and_bad_values():
     a = agent("agent.encoder.trunk=true")
     assert isinstance(a.actor.trunk[1], torch.nn.LayerNorm) and a.actor.trunk[0].out_features == 50
@@ -73,7 +102,7 @@ def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_
     from tests.test_train import rows, train
 
     # An absurd actor rate saturates the actor within a few dozen updates.
-    proc = train(tmp_path / "run", "obs=pixels", "total_frames=480", "agent.actor_lr=0.3", "eval.every_frames=480")
+    proc = train(tmp_path / "run", "obs=pixels_paper", "total_frames=480", "agent.actor_lr=0.3", "eval.every_frames=480")
     logged = [r for r in rows(tmp_path / "run" / "train.csv") if r["sat_frac"]]
     assert logged and all(r["feat_norm"] and r["pre_tanh"] and r["dead_ch"] for r in logged)
     assert all(0.0 <= float(r["dead_ch"]) <= 1.0 for r in logged)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def pixel_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("evalrun") / "run"
-    train(run, "obs=pixels", "total_frames=120")
+    train(run, "obs=pixels_paper", "total_frames=120")
     return run
 
 

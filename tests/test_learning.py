@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # with TD3's DDPG re-tuning (τ 0.005, actor lr 1e-3) and an action repeat of 4, which make it
 # learn within a CI budget; recorded in docs/results.md with the same command.
 LEARN = [
-    "env=cartpole_balance", "obs=state", "obs.action_repeat=4", "agent.tau=0.005", "agent.actor_lr=1e-3",
+    "env=cartpole_balance", "obs=state", "agent=ddpg", "utd_ratio=1", "obs.action_repeat=4", "agent.tau=0.005", "agent.actor_lr=1e-3",
     "total_frames=100000", "warmup_frames=8000", "eval.every_frames=10000", "eval.episodes=4",
     "eval.num_envs=4", "checkpoint.every_frames=1000000", "log.tensorboard=false", "log.progress=false",
     "device=cpu", "compile=false", "amp=false",
@@ -87,7 +87,7 @@ def test_state_ddpg_learns_cartpole_balance(tmp_path, seed, baselines):
 # Thresholds: docs/results.md, "The pixel learning test", from the curves of seeds 1-5.
 PIXEL_FRAMES = 45000
 PIXEL_LEARN = [
-    "env=cheetah", "obs=pixels", "obs.image_size=32", "agent=ddpg_ln_shift_nstep", "agent.augment_pad=2",
+    "env=cheetah", "obs=pixels_paper", "obs.image_size=32", "agent=ddpg_ln_shift_nstep", "agent.augment_pad=2",
     "render=fast", f"total_frames={PIXEL_FRAMES}", "warmup_frames=5000", "eval.every_frames=5000", "eval.episodes=5",
     "eval.num_envs=5", "log.every_frames=2500", "checkpoint.every_frames=1000000", "log.tensorboard=false",
     "log.progress=false", "device=cpu", "compile=false", "amp=false",

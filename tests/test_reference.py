@@ -45,7 +45,7 @@ def test_command_prints_and_writes_json(tmp_path):
                            "env.episode_sim_steps=30", "episodes=2", "eval.num_envs=2", f"out={out}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 3, 10 agent steps\)", proc.stdout)
+    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 8, 3 agent steps\)", proc.stdout)
     doc = json.loads(out.read_text())
-    assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 3
+    assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 8  # obs=pixels: the task's benchmark repeat (PlaNet's 8 for cartpole)
     assert doc["policies"]["zero"]["episodes"] == 2

@@ -435,7 +435,7 @@ def test_auto_capacity_is_sized_to_the_run() -> None:
 
 
 def test_make_replay_auto_follows_total_frames() -> None:
-    cfg = compose(["total_frames=600", "num_envs=4"])
+    cfg = compose(["setup=paper", "total_frames=600", "num_envs=4"])
     spec = dataclasses.replace(synth_spec(pixels=True, num_envs=4, channels=9), action_repeat=3)
     replay = make_replay(cfg, spec, "cpu")
     assert replay.capacity == 204 and replay.nbytes() < 64 * 1024

@@ -1,0 +1,55 @@
+"""The defaults: the headline command trains the project's learner on DrQ's observation at the task's
+benchmark action repeat, and the DDPG paper's setup is one override away (setup=paper)."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from pixel_ddpg.config import UserError, compose
+from pixel_ddpg.trainer import planned_updates, updates_per_step
+
+# PlaNet's (and DrQ's) action repeats for its six tasks.
+PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
+
+
+@pytest.mark.parametrize("env,repeat", sorted(PLANET_REPEATS.items()))
+def test_obs_pixels_uses_the_tasks_benchmark_repeat_and_drqs_stack(env, repeat):
+    cfg = compose([f"env={env}", "obs=pixels"])
+    assert cfg.obs.action_repeat == repeat
+    assert (cfg.obs.image_size, cfg.obs.frame_stack, cfg.obs.render_substeps) == (64, 3, False)
+    assert cfg.agent.name == "ddpg_drq"
+
+
+def test_one_update_per_8_frames_at_any_repeat():
+    for env, repeat in PLANET_REPEATS.items():
+        cfg = compose([f"env={env}"])
+        assert updates_per_step(cfg) == repeat / 8
+    cfg = compose(["env=cheetah", "total_frames=100000", "warmup_frames=4000"])
+    assert planned_updates(cfg) == 12000  # 96k frames / 8
+
+
+def test_setup_paper_is_the_papers_learner_and_observation():
+    cfg = compose(["env=cheetah", "setup=paper"])
+    assert cfg.agent.name == "ddpg" and cfg.agent.batch_size == 16 and cfg.agent.noise.type == "ou"
+    assert (cfg.obs.image_size, cfg.obs.action_repeat, cfg.obs.render_substeps, cfg.obs.frame_stack) == (64, 3, True, 1)
+    assert updates_per_step(cfg) == 1.0 and cfg.warmup_frames == 10000
+    # command-line overrides still win over the setup's choices
+    cfg = compose(["env=cheetah", "setup=paper", "obs=state", "utd_ratio=2"])
+    assert cfg.obs.type == "state" and updates_per_step(cfg) == 2.0
+
+
+def test_utd_ratio_wins_and_a_learner_without_frames_per_update_updates_every_step():
+    assert updates_per_step(compose(["env=cheetah", "utd_ratio=0.25"])) == 0.25
+    assert updates_per_step(compose(["env=cheetah", "agent=ddpg_ln_shift_nstep"])) == 1.0
+    old = compose(["env=cheetah", "agent=ddpg"])
+    OmegaConf.set_struct(old, False)
+    del old.agent["frames_per_update"]  # a checkpoint's config from before the key: one per step
+    assert updates_per_step(old) == 1.0
+
+
+@pytest.mark.parametrize("override,needle", [("utd_ratio=0", "utd_ratio=0"), ("utd_ratio=fast", "utd_ratio=fast"),
+                                             ("agent.frames_per_update=-8", "agent.frames_per_update=-8")])
+def test_bad_update_rates_are_refused(override, needle):
+    with pytest.raises(UserError, match=needle):
+        updates_per_step(compose(["env=cheetah", override]))
