@@ -143,6 +143,7 @@ class Trainer:
         # EnvPool's episodes cannot be saved; a resumed run starts fresh episodes on a new seed.
         env_seed = (cfg.seed + self.counters.frame) % 2**31
         self.settings = EnvSettings.from_config(cfg, seed=env_seed)
+        cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
         self.precision: Precision = resolve_precision(
             cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
             compile_min_updates=int(cfg.get("compile_min_updates", 0)))  # absent from older checkpoints' configs

@@ -53,3 +53,29 @@ def test_utd_ratio_wins_and_a_learner_without_frames_per_update_updates_every_st
 def test_bad_update_rates_are_refused(override, needle):
     with pytest.raises(UserError, match=needle):
         updates_per_step(compose(["env=cheetah", override]))
+
+
+@pytest.mark.parametrize("software,pixels,chosen", [(True, True, "fast"), (False, True, "standard"),
+                                                     (True, False, "standard")])
+def test_render_auto_picks_the_fast_profile_on_a_software_rasterizer(monkeypatch, software, pixels, chosen):
+    from envs import settings as env_settings
+
+    monkeypatch.setattr(env_settings, "software_rendering", lambda: software)
+    cfg = compose(["env=cheetah", "obs=pixels" if pixels else "obs=state"])
+    assert cfg.render == "auto"
+    assert env_settings.EnvSettings.from_config(cfg).render == chosen
+
+
+def test_a_run_records_the_profile_render_auto_chose(tmp_path):
+    from envs.egl import software_rendering
+    from pixel_ddpg.trainer import Trainer
+
+    cfg = compose(["env=cartpole_balance", "env.episode_sim_steps=16", "obs.image_size=16", "num_envs=1",
+                   "total_frames=16", "device=cpu", "compile=false", "amp=false", "replay.capacity=100",
+                   "log.tensorboard=false"])
+    trainer = Trainer(cfg, tmp_path)
+    try:
+        expected = "fast" if software_rendering() else "standard"
+        assert trainer.cfg.render == expected == trainer.checkpoint_state()["config"]["render"]
+    finally:
+        trainer.close()
