@@ -78,6 +78,8 @@ class EnvSettings:
         render = str(cfg.render)
         if render == "auto":
             render = resolve_render(str(obs.type) == "pixels")
+        elif render not in PROFILES:
+            raise ConfigError(f"render={render!r} is not a render profile; choose one of {['auto', *PROFILES]}")
         return cls(
             name=str(env.name),
             task_id=str(env.task_id),

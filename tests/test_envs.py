@@ -237,7 +237,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args,needle", [
     (["env=nope"], "env='nope' is not known; choose one of ['ball_in_cup'"),
-    (["obs=rgb"], "obs='rgb' is not known; choose one of ['pixels', 'pixels_drqv2', 'state']"),
+    (["obs=rgb"], "obs='rgb' is not known; choose one of ['pixels', 'pixels_drqv2', 'pixels_paper', 'state']"),
+    (["render=pretty"], "render='pretty' is not a render profile; choose one of ['auto', 'standard', 'fast']"),
     (["obs.image_size=0"], "obs.image_size=0"),
     (["obs.action_repeat=0"], "obs.action_repeat=0"),
     (["num_envs=0"], "num_envs=0"),
