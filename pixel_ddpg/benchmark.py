@@ -7,8 +7,11 @@ timed as the median of ``repeats`` runs after untimed warm-up calls. The naive b
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,12 +36,28 @@ from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
             "compiled_bf16": (torch.bfloat16, True)}
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # autocast dtype -> peak key
 
 
 def variant_of(precision: Precision) -> str:
     """The update variant name a precision runs (for an fp16 autocast: none)."""
     return {v: k for k, v in VARIANTS.items()}.get((precision.amp_dtype, precision.compile), "other")
-STAGES = ("env_state", "env_pixels", "replay", "update", "act", "end_to_end", "baseline")
+STAGES = ("env_state", "env_pixels", "replay", "peak", "update", "act", "end_to_end", "baseline")
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of ``fn`` as torch's own counter sees them, so no hand count can drift from the code.
+
+    :class:`~torch.utils.flop_counter.FlopCounterMode` counts matmuls and convolutions, forward and
+    backward (a conv's input gradient only where one is computed); elementwise ops, the shift and
+    the optimizer count 0. That is the work a matmul or conv peak can be compared with. Eager only:
+    compiled code hides its ops from the counter.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 @dataclasses.dataclass
@@ -164,6 +183,9 @@ class Benchmark:
             self.cfg = cfg
         if int(cfg.repeats) < 1 or int(cfg.steps) < 1:
             raise UserError(f"repeats={cfg.repeats} and steps={cfg.steps} must be at least 1")
+        if "peak" in cfg.stages and (int(cfg.peak_matmul_size) < 1 or not float(cfg.peak_min_repeat_s) > 0):
+            raise UserError(f"peak_matmul_size={cfg.peak_matmul_size} must be at least 1 and "
+                            f"peak_min_repeat_s={cfg.peak_min_repeat_s} above 0")
         from pixel_ddpg.trainer import planned_updates
 
         self.settings = EnvSettings.from_config(cfg)
@@ -199,8 +221,8 @@ class Benchmark:
 
         return make_agent(self.cfg.agent, spec or self.spec, precision, int(self.cfg.seed))
 
-    def _filled_replay(self) -> ReplayBuffer:
-        cap = max(int(self.cfg.replay_capacity), 64 * self.spec.num_envs)
+    def _filled_replay(self, capacity: int | None = None) -> ReplayBuffer:
+        cap = max(int(self.cfg.replay_capacity if capacity is None else capacity), 64 * self.spec.num_envs)
         replay = ReplayBuffer(self.spec, cap, self.device, nstep=int(self.cfg.agent.nstep),
                               gamma=float(self.cfg.agent.gamma), seed=int(self.cfg.seed), verbose=False)
         steps = _synthetic_steps(self.spec, cap // self.spec.num_envs + 1, int(self.cfg.seed))
@@ -258,6 +280,118 @@ class Benchmark:
             "naive_bytes_per_transition": NaiveReplay.bytes_per_transition(self.spec),
             "new_frame_bytes": int(np.prod(self.spec.frame_shape)) * (1 if self.spec.pixels else 4),
         }
+
+    def _calls_per_repeat(self, fn: Callable[[], object]) -> int:
+        """Calls that make one timed repeat last ``peak_min_repeat_s``: a first-layer conv at batch
+        16 takes microseconds, too short to time alone."""
+        fn()
+        self.timer.sync()
+        t0 = time.perf_counter()
+        fn()
+        self.timer.sync()
+        return max(1, math.ceil(float(self.cfg.peak_min_repeat_s) / max(time.perf_counter() - t0, 1e-9)))
+
+    def _peak_run(self, fn: Callable[[], object], flops: int) -> tuple[Callable[[], None], float, str]:
+        calls = self._calls_per_repeat(fn)
+
+        def run() -> None:
+            for _ in range(calls):
+                fn()
+
+        return run, calls * flops / 1e9, "GFLOP/s"
+
+    def peak(self) -> None:
+        """What this machine's matmuls and convs reach on the benchmark's device and torch threads,
+        and the counted FLOPs of one update, so that an update's rate reads as a share of the
+        hardware (:meth:`compute_shares`) and not only as updates/s.
+
+        In fp32, and in the chosen precision's autocast dtype where it has one (variants in other
+        precisions get no share): a square matmul of ``peak_matmul_size`` (compute-bound),
+        and the encoder's own first conv at the update's batch size, forward alone and forward plus
+        backward (weight and bias gradients: its input is pixels, as in the update), under the same
+        autocast as the update. Repeats interleaved, median of each.
+        """
+        agent = self._agent(Precision(self.device, None, False))
+        b = self.batch_size(agent)
+        replay = self._filled_replay(capacity=4 * b)
+        # actor and target steps run every actor_delay-th update: count one whole cycle, take the mean
+        cycle = [replay.sample(b) for _ in range(agent.actor_delay)]
+
+        def updates() -> None:
+            for batch in cycle:
+                agent.update(batch)
+
+        update_flops = count_flops(updates) / len(cycle)
+        conv = next((m for m in agent.encoder.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        conv = copy.deepcopy(conv) if conv is not None else None  # the agent's layout (NHWC), not its optimizer
+        # fp32, and the autocast dtype of the chosen precision (amp=auto: bf16 only where native; without
+        # native bf16 a bf16 matmul takes a slow path, 0.6 GFLOP/s on an AVX2 EPYC, and is no peak)
+        dtypes = {None, self.precision.amp_dtype}
+        n = int(self.cfg.peak_matmul_size)
+        runs: dict[str, tuple[Callable[[], None], float, str]] = {}
+        out: dict[str, Any] = {"matmul_size": n, "update_flops": {
+            "gflop_per_update": update_flops / 1e9, "batch_size": b, "updates_counted": len(cycle),
+            "counted_on": "eager_fp32", "counter": "torch.utils.flop_counter.FlopCounterMode (matmul and conv, "
+                                                   "forward and backward)"}}
+        if conv is not None:
+            x = torch.rand(b, *self.spec.obs_shape, device=self.device).contiguous(memory_format=torch.channels_last)
+            out["conv"] = {"input_shape": list(x.shape), "weight_shape": list(conv.weight.shape),
+                           "stride": list(conv.stride), "padding": list(conv.padding)}
+        for dtype in sorted(dtypes, key=lambda d: PRECISION_NAMES[d]):
+            name = PRECISION_NAMES[dtype]
+            a, m = (torch.randn(n, n, device=self.device, dtype=dtype or torch.float32) for _ in range(2))
+            matmul = lambda a=a, m=m: a @ m  # noqa: E731
+            runs[f"{name}/matmul"] = self._peak_run(matmul, count_flops(matmul))
+            if conv is None:
+                continue
+            autocast = ((lambda dtype=dtype: torch.autocast(self.device.type, dtype=dtype)) if dtype is not None
+                        else contextlib.nullcontext)
+
+            def forward(autocast: Callable = autocast) -> torch.Tensor:
+                with torch.no_grad(), autocast():
+                    return conv(x)
+
+            with autocast():
+                grad = torch.randn_like(conv(x))
+
+            def forward_backward(autocast: Callable = autocast, grad: torch.Tensor = grad) -> None:
+                conv.zero_grad(set_to_none=True)
+                with autocast():
+                    y = conv(x)
+                y.backward(grad)
+
+            runs[f"{name}/conv_forward"] = self._peak_run(forward, count_flops(forward))
+            runs[f"{name}/conv_forward_backward"] = self._peak_run(forward_backward, count_flops(forward_backward))
+        for key, r in self.timer.side_by_side(runs).items():
+            name, what = key.split("/")
+            r["gflop_per_repeat"] = runs[key][1]
+            out.setdefault(name, {})[what] = r
+        for name in {PRECISION_NAMES[d] for d in dtypes}:
+            p = out[name]
+            p["matmul_peak"] = p["matmul"]["median"]
+            p["conv_peak"] = (max(p["conv_forward"]["median"], p["conv_forward_backward"]["median"])
+                              if conv is not None else None)
+        self.stages["peak"] = out
+
+    def compute_shares(self) -> None:
+        """Each update variant's achieved GFLOP/s (counted FLOPs x its updates/s) and its share of
+        the matmul and conv peaks in its own precision: how close the update runs to what this CPU
+        can do. A share far above 1 means the FLOP count or the timing is wrong."""
+        peak, update = self.stages.get("peak"), self.stages.get("update")
+        if not peak or not update:
+            return
+        count = peak["update_flops"]
+        for name, r in update.items():
+            if r["batch_size"] != count["batch_size"]:
+                continue
+            precision = PRECISION_NAMES[VARIANTS[name][0]]
+            if precision not in peak:
+                continue
+            p = peak[precision]
+            gflops = count["gflop_per_update"] * r["median"]
+            r.update(gflop_per_update=count["gflop_per_update"], gflops=gflops, peak_precision=precision,
+                     share_of_matmul_peak=gflops / p["matmul_peak"],
+                     share_of_conv_peak=gflops / p["conv_peak"] if p["conv_peak"] else None)
 
     def update(self, batch_size: int | None = None) -> dict[str, Any]:
         """Every variant's updates/s on the same batches, repeats interleaved across variants."""
@@ -393,6 +527,7 @@ class Benchmark:
             getattr(self, stage)()
             print(f"  {stage:<11} done in {time.perf_counter() - t0:5.1f} s", flush=True)
         self.sweep()
+        self.compute_shares()
         if "update" in self.stages:
             self.results["precision"]["fastest"] = max(self.stages["update"], key=lambda k: self.stages["update"][k]["median"])
         self.results["speedup"] = self.speedups()
@@ -416,8 +551,27 @@ def table(results: dict[str, Any]) -> str:
             row(f"replay {k} (batch {r['batch_size']})" if k != "add" else "replay add", r[k])
         lines.append(f"{'replay bytes/transition':<34} {r['bytes_per_transition']:>12,} (naive {r['naive_bytes_per_transition']:,}; "
                      f"new frame {r['new_frame_bytes']:,})")
+    if "peak" in s:
+        pk = s["peak"]
+        conv = pk.get("conv")
+        for precision in PRECISION_NAMES.values():
+            if precision not in pk:
+                continue
+            p = pk[precision]
+            text = f"matmul {pk['matmul_size']}^2 {p['matmul_peak']:,.1f}"
+            if conv:
+                text += (f", conv {conv['weight_shape']} on {conv['input_shape']}: forward "
+                         f"{p['conv_forward']['median']:,.1f}, forward+backward {p['conv_forward_backward']['median']:,.1f}")
+            lines.append(f"{'peak ' + precision:<34} {text} GFLOP/s")
     for name, r in s.get("update", {}).items():
         row(f"update {name} (batch {r['batch_size']})", r)
+    for name, r in s.get("update", {}).items():
+        if "gflops" in r:
+            mm = f"{100 * r['share_of_matmul_peak']:.1f}%"
+            share = (f"{100 * r['share_of_conv_peak']:.1f}% of this machine's conv peak ({mm} of matmul peak; "
+                     if r["share_of_conv_peak"] else f"{mm} of this machine's matmul peak (")
+            lines.append(f"update {name}: {r['gflop_per_update']:.3f} GFLOP per update, {r['gflops']:,.1f} GFLOP/s = "
+                         f"{share}{r['peak_precision']} peaks)")
     if "act" in s:
         row("act", s["act"])
     if "end_to_end" in s:

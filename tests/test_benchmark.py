@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ def bench(tmp_path: Path, *overrides: str) -> dict:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "speedup end_to_end" in proc.stdout
+    if not any(o.startswith("stages=") for o in overrides):  # the peak stage runs by default
+        assert "GFLOP per update" in proc.stdout and "% of this machine's conv peak" in proc.stdout, proc.stdout
     return json.loads(out.read_text())
 
 
@@ -47,6 +50,27 @@ def check_every_stage(res: dict, variants: list[str]) -> None:
     assert p["fastest"] in variants and p["auto"] in ("eager_fp32", "eager_bf16", "compiled_fp32", "compiled_bf16")
     assert p["end_to_end"] == e2e["variant"] and "amp=auto" in p["auto_why"]
     assert res["machine"]["usable_cores"] >= 1 and res["machine"]["torch_threads"] >= 1
+    check_compute_share(res)
+
+
+def check_compute_share(res: dict) -> None:
+    """The peak stage's matmul and conv GFLOP/s, the counted FLOPs of an update and each variant's
+    share of the peaks in its precision: fp32 always, bf16 where the chosen precision autocasts.
+    A share far above 1 would mean the FLOP count or the timing is wrong."""
+    pk, update = res["stages"]["peak"], res["stages"]["update"]
+    assert pk["update_flops"]["gflop_per_update"] > 0 and pk["conv"]["weight_shape"][1] == 9
+    assert pk["update_flops"]["batch_size"] == pk["conv"]["input_shape"][0] == update["eager_fp32"]["batch_size"]
+    for k in ("matmul", "conv_forward", "conv_forward_backward"):
+        assert positive(pk["fp32"][k]) and pk["fp32"][k]["unit"] == "GFLOP/s"
+    with_share = {name for name, r in update.items() if "gflops" in r}
+    assert with_share == {name for name in update if ("bf16" if "bf16" in name else "fp32") in pk}
+    assert "eager_fp32" in with_share
+    for name in with_share:
+        r = update[name]
+        for k in ("gflop_per_update", "gflops", "share_of_conv_peak", "share_of_matmul_peak"):
+            assert math.isfinite(r[k]) and r[k] > 0, (name, k, r[k])
+        assert r["gflops"] == pytest.approx(r["gflop_per_update"] * r["median"])
+        assert r["share_of_conv_peak"] < 1.5 and r["share_of_matmul_peak"] < 1.5, (name, r)
 
 
 def test_quick_benchmark_measures_every_stage_against_the_baseline_on_the_same_task(tmp_path):
