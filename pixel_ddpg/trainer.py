@@ -122,6 +122,10 @@ class Counters:
     next_eval: int = 0
     next_log: int = 0
     next_checkpoint: int = 0
+    # The frame of the last evaluation that wrote its row: the final one is due only when it is
+    # behind, so resuming a finished run evaluates (and writes) nothing. -1: none yet, or a
+    # checkpoint from before this counter.
+    last_eval_frame: int = -1
 
 
 def _after(frame: int, scheduled: int, every: int) -> int:
@@ -348,6 +352,7 @@ class Trainer:
         if score is None:
             return False
         c.next_eval = _after(c.frame, c.next_eval, int(self.cfg.eval.every_frames))
+        c.last_eval_frame = c.frame
         if score > c.best_return:
             c.best_return = score
             if self.cfg.checkpoint.keep_best:
@@ -386,7 +391,7 @@ class Trainer:
                     window_start, window_frame = now, c.frame
                     c.next_log += int(cfg.log.every_frames)
                 self.log.progress.update(c.frame, last_eval=None if self._last_eval is None else f"{self._last_eval:.1f}")
-            if self._stop_signal is None:
+            if self._stop_signal is None and c.last_eval_frame < c.frame:  # the final evaluation, once
                 self._maybe_evaluate()
             interrupted = self._stop_signal is not None
             path = self.save()
