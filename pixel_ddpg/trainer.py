@@ -181,6 +181,7 @@ class Trainer:
                           tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress,
                           progress_every_s=float(cfg.log.get("progress_every_s", 10)))
         self._stop_signal: int | None = None
+        self._credit_before_draw = self.counters.update_credit
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
@@ -206,10 +207,27 @@ class Trainer:
         self.agent.load_state_dict(ckpt["agent"])
         if ckpt.get("replay") is not None:
             self.replay.load_state_dict(ckpt["replay"])
+            self._owe_the_reset_step()
         set_rng_state(ckpt["rng"])
         self.rng.bit_generator.state = ckpt["np_generator"]
 
+    def _owe_the_reset_step(self) -> None:
+        """A resumed run stores its fresh episodes' first step (:meth:`start`): its restored replay
+        then holds one step more than the run that never stopped. Saved before the replay was
+        ready to learn from (the frame-0 evaluation's checkpoint), it would start learning one
+        agent step earlier, and so owe one step's updates more; give that step's credit back.
+        Whether the replay is ready is asked of :meth:`_updates_due` itself, then undone."""
+        c = self.counters
+        credit = c.update_credit
+        ready = self._updates_due() > 0 or c.update_credit != credit
+        c.update_credit = credit
+        if not ready:
+            c.update_credit -= self.updates_per_step * self.spec.num_envs
+
     def checkpoint_state(self) -> dict[str, Any]:
+        """The run as plain data. Its update credit is the one from before the batches the next
+        iteration will learn from were drawn: a resume draws them again, so a resumed run makes
+        the same number of updates as one that never stopped."""
         save_replay = bool(self.cfg.replay.save_in_checkpoint)
         return {
             "format": ckpt_io.FORMAT,
@@ -219,7 +237,7 @@ class Trainer:
             "agent_signature": self.agent.config_signature(),
             "agent": self.agent.state_dict(),
             "replay": self.replay.state_dict() if save_replay else None,
-            "counters": dataclasses.asdict(self.counters),
+            "counters": {**dataclasses.asdict(self.counters), "update_credit": self._credit_before_draw},
             "rng": rng_state(),
             "np_generator": self.rng.bit_generator.state,
             "provenance": provenance.current(),
@@ -254,7 +272,9 @@ class Trainer:
         return n
 
     def _draw_batches(self) -> list[Batch]:
-        """The batches the next iteration's updates will learn from, sampled now."""
+        """The batches the next iteration's updates will learn from, sampled now (a checkpoint
+        keeps the update credit from before this draw: see :meth:`checkpoint_state`)."""
+        self._credit_before_draw = self.counters.update_credit
         return [self.replay.sample(self.batch_size) for _ in range(self._updates_due())]
 
     def _collect(self, action: np.ndarray) -> tuple[EnvStep, list[Batch]]:
