@@ -36,6 +36,12 @@ EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episod
 # ahead): each one saves a checkpoint and stops, so the job can continue with resume=.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
+GUARDED_METRICS = ("critic_loss", "actor_loss", "q", "target_q")  # update outputs that must stay finite
+AGENT_MODULES = ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic")
+
+
+class NonFiniteError(UserError):
+    """A loss, Q value or weight became NaN or infinite: the run stops before it saves anything."""
 
 
 def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
@@ -181,7 +187,11 @@ class Trainer:
                           tensorboard=bool(cfg.log.tensorboard), progress=cfg.log.progress,
                           progress_every_s=float(cfg.log.get("progress_every_s", 10)))
         self._stop_signal: int | None = None
+        # The non-finite guard: per-update flags folded on the device, read at check_finite().
+        self._nonfinite: torch.Tensor | None = None
+        self._finite_frame = self.counters.frame
         self._credit_before_draw = self.counters.update_credit
+        self._last_saved: tuple[Path, int] | None = None if resume is None else (Path(resume["path"]), self.counters.frame)
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
@@ -244,12 +254,57 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> Path:
+        """Write ``last.pt`` (and ``best.pt``) atomically, after :meth:`check_finite`: a checkpoint
+        never holds a learner that has diverged."""
+        self.check_finite()
         path = self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.LAST
         state = self.checkpoint_state()
         ckpt_io.save_atomic(state, path)
+        self._last_saved = (path, self.counters.frame)
         if best:
             ckpt_io.save_atomic(state, path.with_name(ckpt_io.BEST))
         return path
+
+    def last_good(self) -> str:
+        """Where a resume would continue from, in words, for the line a fault stops the run with."""
+        if self._last_saved is None:
+            return f"no checkpoint was written yet: resume={self.run_dir} starts the run again"
+        path, frame = self._last_saved
+        return f"last good checkpoint {path} (frame {frame:,}): resume={self.run_dir} continues from it"
+
+    # ------------------------------------------------------------------ the non-finite guard
+    def _fold_finite(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Fold one update's losses and Q values into the non-finite flags, on the device: no sync."""
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in GUARDED_METRICS])
+        if self.agent.updates < self.agent.actor_delay:  # actor_loss is NaN until the first actor step
+            values[GUARDED_METRICS.index("actor_loss")] = 0.0
+        bad = ~torch.isfinite(values)
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    def check_finite(self) -> None:
+        """Stop the run (:class:`NonFiniteError`, one line) when a loss or Q value of an update
+        since the last check, or a weight or float buffer of the networks, is NaN or infinite. It
+        runs on the logging cadence and before every evaluation and checkpoint, so a diverged
+        learner overwrites no checkpoint: one device sync per check, none per update."""
+        weights = [(f"{m}.{n}", t) for m in AGENT_MODULES
+                   for n, t in (*getattr(self.agent, m).named_parameters(), *getattr(self.agent, m).named_buffers())
+                   if t.is_floating_point()]
+        flags = (torch.zeros(len(GUARDED_METRICS), dtype=torch.bool, device=self.device)
+                 if self._nonfinite is None else self._nonfinite)
+        bad = torch.cat([flags, ~torch.stack([torch.isfinite(t).all() for _, t in weights])]).tolist()
+        frame = self.counters.frame
+        if any(bad):
+            i = bad.index(True)
+            if i < len(GUARDED_METRICS):
+                name = GUARDED_METRICS[i]
+                last = None if self._metrics is None else self._metrics.get(name)
+                what = name if last is None else f"{name} ({float(last.float().mean()):g} at the last update)"
+            else:
+                what = f"weight {weights[i - len(GUARDED_METRICS)][0]}"
+            raise NonFiniteError(f"non-finite {what} at frame {frame:,} (all finite at frame {self._finite_frame:,}); "
+                                 f"the run stopped and saved nothing; {self.last_good()}")
+        self._nonfinite = None
+        self._finite_frame = frame
 
     # ------------------------------------------------------------------ the loop
     def _actions(self, step: EnvStep) -> np.ndarray:
@@ -259,7 +314,12 @@ class Trainer:
         first = torch.as_tensor(step.first, device=self.device)
         with torch.no_grad():
             action = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
-        return action.float().cpu().numpy()
+        action = action.float().cpu().numpy()
+        if not np.isfinite(action).all():  # on the host already: no extra sync
+            self.check_finite()  # names the loss or weight that made it so
+            raise NonFiniteError(f"non-finite action at frame {self.counters.frame:,} from finite weights (a non-finite "
+                                 f"observation?); the run stopped and saved nothing; {self.last_good()}")
+        return action
 
     def _updates_due(self) -> int:
         # Steps held, not transitions: the reset step alone is none, so also wait for n more.
@@ -293,6 +353,7 @@ class Trainer:
         metrics = None
         for batch in batches:
             metrics = self.agent.update(batch, frame=self.counters.frame)
+            self._fold_finite(metrics)
         self.counters.updates += len(batches)
         return metrics
 
@@ -368,6 +429,7 @@ class Trainer:
         """Evaluate (keeping the best checkpoint) and schedule the next one; False when a stop
         signal interrupted it, which leaves it scheduled so that a resume redoes it."""
         c = self.counters
+        self.check_finite()  # a diverged learner's evaluation would write a row of NaN
         score = self.evaluate()
         if score is None:
             return False
@@ -384,7 +446,9 @@ class Trainer:
 
         A signal is honoured between agent steps and between evaluation steps, so within a
         few seconds even on a software rasterizer; the checkpoint holds the counters of the last
-        finished step, and an interrupted evaluation is redone on resume.
+        finished step, and an interrupted evaluation is redone on resume. A non-finite learner
+        (:class:`NonFiniteError`) or a failed write (:class:`~pixel_ddpg.checkpoint.WriteError`)
+        stops it with one line naming the last good checkpoint, which it leaves as it was.
         """
         cfg, c = self.cfg, self.counters
         total = int(cfg.total_frames)
@@ -420,6 +484,8 @@ class Trainer:
                 self.log.progress.write(f"{name}: stopped at {c.frame:,} frames; checkpoint {path}; "
                                         f"continue with resume={self.run_dir}")
             return {"frame": c.frame, "interrupted": interrupted, "checkpoint": path, "signal": self._stop_signal}
+        except ckpt_io.WriteError as exc:
+            raise ckpt_io.WriteError(f"{exc}; {self.last_good()}") from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -430,7 +496,8 @@ class Trainer:
         row: dict[str, Any] = {"frame": c.frame, "step": c.step, "episodes": c.episodes, "updates": c.updates,
                                "fps": fps, "wall_s": c.wall_s,
                                "episode_return": float(np.mean(finished)) if finished else float("nan")}
-        if metrics is not None:  # the only place a device value is read back
+        self.check_finite()  # before the row: train.csv keeps the rows up to a fault, not the fault's
+        if metrics is not None:  # the only place (with check_finite) a device value is read back
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})
             if self.agent.pixels and self._batches:
                 dead = self.agent.encoder.dead_channels(self._batches[-1].obs)
