@@ -2,7 +2,8 @@
 
 ``resume=<run dir or checkpoint>`` continues that run in its own dir with its own config;
 explicit overrides may change only what does not alter the experiment (total_frames, device,
-logging...). Ctrl-C or SIGTERM saves a checkpoint before exiting.
+logging...). Ctrl-C or SIGTERM saves a checkpoint before exiting. One run at a time holds a run
+dir (:class:`~pixel_ddpg.runlog.RunLock`); a second one is refused in one line.
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ from omegaconf import DictConfig, OmegaConf
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
+from pixel_ddpg.runlog import RunLock
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
     """A resume continues in its own run dir (keeping its original .hydra/ files); a new run's
-    explicit run dir is checked before Hydra creates it."""
+    explicit run dir is checked before Hydra creates it. Either is refused here, before Hydra
+    writes its files into it, when a live run holds it."""
     values = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     if values and values[-1] not in ("", "null", "None"):
-        run_dir = ckpt_io.run_dir_of(ckpt_io.find_checkpoint(values[-1]).resolve())
+        run_dir, _ = ckpt_io.resume_source(values[-1])
+        RunLock(run_dir).check_free()
         kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
         return kept + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     for a in argv:
         if a.startswith("hydra.run.dir="):
-            ensure_writable_dir(Path(a.split("=", 1)[1]), "hydra.run.dir")
+            RunLock(ensure_writable_dir(Path(a.split("=", 1)[1]), "hydra.run.dir")).check_free()
     return argv
 
 
@@ -43,32 +47,63 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
             parent = parent.parent
 
 
+def _start_again(run_dir: Path) -> None:
+    """A run killed before its first checkpoint starts again from frame 0: its rows go too."""
+    print(f"{run_dir} has no checkpoint (its run stopped before the first one): starting it again from frame 0 "
+          f"with its {ckpt_io.RUN_CONFIG}", flush=True)
+    for name in ("train.csv", "eval.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+
+
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from pixel_ddpg.trainer import Trainer
 
     hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    resume = None
+    run_dir, checkpoint = Path(hc.runtime.output_dir), None
     if cfg.resume:
-        resume = ckpt_io.load(cfg.resume)
-        warning = provenance.mismatch_warning(resume.get("provenance"), str(resume["path"]))
-        if warning:
-            print(warning, file=sys.stderr)
-        cfg = ckpt_io.merge_for_resume(ckpt_io.checkpoint_config(resume), cfg, list(hc.overrides.task))
-        run_dir = ckpt_io.run_dir_of(resume["path"].resolve())
+        run_dir, checkpoint = ckpt_io.resume_source(cfg.resume)
     ensure_writable_dir(run_dir, "hydra.run.dir")
+    lock = RunLock(run_dir)
+    warning = lock.acquire()  # before anything in the run dir is read or written
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
-        trainer = Trainer(cfg, run_dir, resume=resume)
-    except USER_ERRORS:
+        ckpt_io.remove_stale_temporaries(run_dir)  # a killed run's half-written files
+        resume = None
+        if cfg.resume:
+            if checkpoint is None:
+                saved = ckpt_io.run_config(run_dir)
+            else:
+                resume = ckpt_io.load(checkpoint)
+                mismatch = provenance.mismatch_warning(resume.get("provenance"), str(resume["path"]))
+                if mismatch:
+                    print(mismatch, file=sys.stderr)
+                saved = ckpt_io.checkpoint_config(resume)
+            cfg = ckpt_io.merge_for_resume(saved, cfg, list(hc.overrides.task))
+            if checkpoint is None:
+                _start_again(run_dir)
+        # The run's settings, then (outside the config a resume compares) the code that ran them.
+        # A run without a checkpoint writes them first: killed from here on, resume= starts it again.
+        config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()
         if resume is None:
-            _remove_if_only_hydra(run_dir)  # a run that never started leaves nothing behind
-        raise
-    # The run's settings, then (outside the config a resume compares) the code that ran them.
-    (run_dir / "config.yaml").write_text(to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()}))
-    print(f"run dir: {run_dir}", flush=True)
-    result = trainer.train()
+            ckpt_io.write_bytes_atomic(config_yaml, run_dir / ckpt_io.RUN_CONFIG)
+        try:
+            trainer = Trainer(cfg, run_dir, resume=resume)
+        except USER_ERRORS:
+            if not cfg.resume:  # a run that never started leaves nothing behind
+                (run_dir / ckpt_io.RUN_CONFIG).unlink(missing_ok=True)
+                lock.release()
+                _remove_if_only_hydra(run_dir)
+            raise
+        if resume is not None:
+            ckpt_io.write_bytes_atomic(config_yaml, run_dir / ckpt_io.RUN_CONFIG)
+        print(f"run dir: {run_dir}", flush=True)
+        result = trainer.train()
+    finally:
+        lock.release()
     if result["interrupted"]:
         # Everything is saved and closed; skip the interpreter's teardown of torch and friends,
         # which took 1.5-4 s on 2 busy cores, so Ctrl-C returns the prompt within seconds.
