@@ -159,9 +159,25 @@ class DDPGAgent:
             self.scaler.step(opt)  # fp16 only: GradScaler reads its inf check back to the host
 
     # ------------------------------------------------------------------ the pieces that compile
-    def _policy(self, obs: torch.Tensor) -> torch.Tensor:
+    def _features(self, encoder: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """Conv features under autocast (where the FLOPs are), returned in fp32: the heads, TD
+        targets and losses run in fp32, since bf16 has 8 bits of mantissa and a Q of 128-256
+        would come out of a bf16 Linear in steps of 1.0, the size of a cheetah's reward per step."""
         with self._autocast():
-            return self.actor(self.encoder(obs)).float()
+            return encoder(obs).float()
+
+    def _policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self._features(self.encoder, obs))
+
+    @torch.no_grad()
+    def q1(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q1(s, a) of the online encoder and critic, fp32, with running batch-norm statistics
+        (as when acting): what evaluation's Q record reads."""
+        self._set_train(False)
+        obs = obs.to(self.device)
+        if not self.pixels and obs.dtype != torch.float32:
+            obs = obs.float()
+        return self.critic(self._features(self.encoder, obs), action.to(self.device, torch.float32))[0]
 
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
@@ -170,26 +186,25 @@ class DDPGAgent:
         if shifts is not None:
             obs = random_shift(obs, shifts[0], self.pad)
             next_obs = random_shift(next_obs, shifts[1], self.pad)
-        with self._autocast():
-            with torch.no_grad():
-                next_feat = self.target_encoder(next_obs)
-                next_action = self.target_actor(next_feat)
-                if target_eps is not None:
-                    noise = (target_eps * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
-                    next_action = torch.maximum(torch.minimum(next_action + noise * self.actor.scale, self._high),
-                                                self._low)
-                next_qs = self.target_critic(next_feat, next_action)
-                next_q = next_qs[0].float()
-                for q in next_qs[1:]:
-                    next_q = torch.minimum(next_q, q.float())
-                target = reward.float() + discount.float() * next_q
-            feat = self.encoder(obs)
-            qs = self.critic(feat, action)
-            loss = F.mse_loss(qs[0].float(), target)
-            for q in qs[1:]:
-                loss = loss + F.mse_loss(q.float(), target)
-        feat_norm = feat.detach().float().norm(dim=1).mean()
-        return loss, qs[0].detach().float().mean(), target.mean(), feat.detach(), feat_norm
+        with torch.no_grad():
+            next_feat = self._features(self.target_encoder, next_obs)
+            next_action = self.target_actor(next_feat)
+            if target_eps is not None:
+                noise = (target_eps * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
+                next_action = torch.maximum(torch.minimum(next_action + noise * self.actor.scale, self._high),
+                                            self._low)
+            next_qs = self.target_critic(next_feat, next_action)
+            next_q = next_qs[0]
+            for q in next_qs[1:]:
+                next_q = torch.minimum(next_q, q)
+            target = reward.float() + discount.float() * next_q
+        feat = self._features(self.encoder, obs)
+        qs = self.critic(feat, action)
+        loss = F.mse_loss(qs[0], target)
+        for q in qs[1:]:
+            loss = loss + F.mse_loss(q, target)
+        feat_norm = feat.detach().norm(dim=1).mean()
+        return loss, qs[0].detach().mean(), target.mean(), feat.detach(), feat_norm
 
     def _actor_loss(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """−Q1(s, μ(s)) on detached features: the encoder never sees the actor's gradient.
@@ -197,10 +212,8 @@ class DDPGAgent:
         Also returns the mean |pre-tanh| and the share of saturated action components
         (|a| > 0.99 of the bound), the two numbers that show a collapse onto the bounds.
         """
-        with self._autocast():
-            pre = self.actor.pre_tanh(feat)
-            loss = -self.critic(feat, self.actor.squash(pre))[0].float().mean()
-        pre = pre.float()
+        pre = self.actor.pre_tanh(feat)  # fp32 features (see _features): the heads run in fp32
+        loss = -self.critic(feat, self.actor.squash(pre))[0].mean()
         if self.preact_penalty > 0:
             # Beyond the knee only: small actions feel no pull towards 0, so a tiny dQ/da (a sparse
             # task before its first reward) still moves them; saturation is still pushed back.

@@ -25,7 +25,6 @@ episode's last observation, and eval.json reports three comparisons:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -44,21 +43,10 @@ COMPARISONS = ("all_steps", "tail_negligible", "bootstrapped")
 _ARRAYS = ("episode", "step", "q", "reward", "ret", "tail_weight", "tail_q")
 
 
-@torch.no_grad()
 def critic_q(agent: Any, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
     """Q1(s, a) of the agent's online encoder and critic for a batch, float64 on the host."""
-    device = agent.device
-    o = torch.as_tensor(obs, device=device)
-    if not agent.pixels and o.dtype != torch.float32:
-        o = o.float()
-    a = torch.as_tensor(action, device=device, dtype=torch.float32)
-    agent.encoder.eval()  # running batch-norm statistics, as when acting
-    agent.critic.eval()
-    dtype = agent.precision.amp_dtype
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with ctx:
-        q = agent.critic(agent.encoder(o), a)[0]
-    return q.float().cpu().numpy().astype(np.float64).reshape(-1)
+    q = agent.q1(torch.as_tensor(obs), torch.as_tensor(action, dtype=torch.float32))
+    return q.cpu().numpy().astype(np.float64).reshape(-1)
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
