@@ -162,6 +162,31 @@ def test_bf16_autocast_runs_on_cpu():
     assert act.dtype == torch.float32 and act.shape == (8, 3)
 
 
+@pytest.mark.parametrize("twin", [False, True])
+def test_bf16_keeps_q_and_its_td_target_in_fp32(twin):
+    """Only the conv encoder runs in bf16: near Q = 150 a bf16 Linear rounds to steps of 1.0, the
+    size of a cheetah's reward per step; Q, its TD target and the loss must come out in fp32."""
+    fp32 = agent(*(["agent.twin_q=true"] if twin else []))
+    bf16 = agent(*(["agent.twin_q=true"] if twin else []), precision=BF16)
+    for a in (fp32, bf16):
+        with torch.no_grad():
+            for head in a.critic.heads:
+                head.post[-1].bias.fill_(150.0)
+        a.target_critic.load_state_dict(a.critic.state_dict())
+    b = batch(n=32)
+    q32, q16 = fp32.q1(b.obs, b.action), bf16.q1(b.obs, b.action)
+    assert q16.dtype == torch.float32
+    assert 140 < float(q32.mean()) < 160
+    # the encoder's bf16 error moves Q by a little; a bf16 head would add rounding of up to 0.5 per value
+    err = (q16 - q32).abs()
+    assert float(err.max()) < 0.25, float(err.max())
+    assert len(set(q16.tolist())) > 4  # a bf16 head would put every value on its grid: 150.0 here
+    loss, q, target, feat, _ = bf16._critic_loss(b.obs, b.action, b.reward, b.discount, b.next_obs, None, None)
+    assert loss.dtype == q.dtype == target.dtype == feat.dtype == torch.float32
+    loss32, _, target32, _, _ = fp32._critic_loss(b.obs, b.action, b.reward, b.discount, b.next_obs, None, None)
+    assert abs(float(target) - float(target32)) < 0.25
+
+
 def test_fp16_uses_a_grad_scaler():
     a = agent(precision=Precision(torch.device("cpu"), torch.float16, False))
     assert a.scaler is not None and agent().scaler is None and agent(precision=BF16).scaler is None
@@ -240,6 +265,19 @@ def test_gaussian_std_schedule():
     assert n.std(10_000) == pytest.approx(0.1)
     clipped = GaussianNoise(2, 10.0, 10.0, 1, 0.3, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert clipped.sample(1000).abs().max() <= 0.3
+
+
+def test_ou_sigma_schedule_and_its_stationary_spread():
+    g = torch.Generator().manual_seed(0)
+    n = OUNoise(2, 0.15, 1.0, 1.0, torch.device("cpu"), g, sigma_end=0.1, sigma_frames=100)
+    assert n.sigma_at(0) == 1.0 and n.sigma_at(50) == pytest.approx(0.55) and n.sigma_at(10_000) == pytest.approx(0.1)
+    assert OUNoise(2, 0.15, 0.2, 1.0, torch.device("cpu"), g).sigma_at(10_000) == 0.2  # no sigma_end: constant
+    early = torch.stack([n.sample(256, frame=0) for _ in range(200)])[100:]
+    late = torch.stack([n.sample(256, frame=10_000) for _ in range(200)])[100:]
+    # stationary std of x' = (1 - θ) x + σ ε is σ / sqrt(1 - (1 - θ)^2): 1.9 σ for θ = 0.15
+    assert float(early.std()) == pytest.approx(1.9, rel=0.1) and float(late.std()) == pytest.approx(0.19, rel=0.1)
+    with pytest.raises(ConfigError, match="sigma"):
+        OUNoise(2, 0.15, 1.0, 1.0, torch.device("cpu"), g, sigma_end=-1.0)
 
 
 # ------------------------------------------------------------------ checkpoints

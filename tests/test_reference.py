@@ -45,7 +45,28 @@ def test_command_prints_and_writes_json(tmp_path):
                            "env.episode_sim_steps=30", "episodes=2", "eval.num_envs=2", f"out={out}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 8, 3 agent steps\)", proc.stdout)
+    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 8, 3 agent steps; \d+% with any reward\)", proc.stdout)
     doc = json.loads(out.read_text())
     assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 8  # obs=pixels: the task's benchmark repeat (PlaNet's 8 for cartpole)
     assert doc["policies"]["zero"]["episodes"] == 2
+    assert set(doc["policies"]) == {"random", "zero", "noise"}  # noise: the learner's exploration alone
+    assert 0.0 <= doc["policies"]["noise"]["rewarded_share"] <= 1.0
+
+
+def test_the_default_exploration_finds_finger_spins_reward_where_independent_noise_rarely_does():
+    """The measurement behind agent=ddpg_drq's OU sigma 1.0 (docs/results.md, "Exploration")."""
+    from pixel_ddpg.config import compose
+
+    settings = tiny(PAPER, name="finger", task_id="FingerSpin-v1", obs_type="state", image_size=0,
+                    render_substeps=False, action_repeat=2, num_envs=16, episode_sim_steps=1000)
+    ou = compose(["env=finger"]).agent.noise
+    gaussian = compose(["env=finger", "agent.noise.type=gaussian", "agent.noise.std_start=1.0"]).agent.noise
+    assert ou.type == "ou" and ou.sigma == 1.0
+    share = {name: np.mean(np.asarray(reference_returns(settings, ["noise"], 32, seed=0, noise_cfg=cfg)["noise"].returns) > 0)
+             for name, cfg in (("ou", ou), ("gaussian", gaussian))}
+    assert share["ou"] >= 0.4 and share["ou"] >= 3 * share["gaussian"], share
+
+
+def test_noise_needs_the_learners_noise_config():
+    with pytest.raises(UserError, match="agent.noise"):
+        reference_returns(tiny(), ["noise"], episodes=1)
