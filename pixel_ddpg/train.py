@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from envs.settings import resolve_render
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
@@ -85,6 +86,8 @@ def run(cfg: DictConfig) -> None:
             cfg = ckpt_io.merge_for_resume(saved, cfg, list(hc.overrides.task))
             if checkpoint is None:
                 _start_again(run_dir)
+        if str(cfg.render) == "auto":  # config.yaml records the profile the run renders with
+            cfg.render = resolve_render(str(cfg.obs.type) == "pixels")
         # The run's settings, then (outside the config a resume compares) the code that ran them.
         # A run without a checkpoint writes them first: killed from here on, resume= starts it again.
         config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()

@@ -79,3 +79,32 @@ def test_a_run_records_the_profile_render_auto_chose(tmp_path):
         assert trainer.cfg.render == expected == trainer.checkpoint_state()["config"]["render"]
     finally:
         trainer.close()
+
+
+def test_the_headline_command_trains_checkpoints_and_evaluates_with_the_defaults(tmp_path):
+    """`python -m pixel_ddpg.train env=<task> obs=pixels` with nothing else changed but the sizes."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixel_ddpg.train", "env=cartpole_balance", "obs=pixels", "env.episode_sim_steps=48",
+         "num_envs=2", "obs.image_size=16", "agent.batch_size=8", "total_frames=384", "warmup_frames=64",
+         "eval.every_frames=128", "eval.episodes=2", "eval.num_envs=2", "log.every_frames=64",
+         "checkpoint.every_frames=128", "compile=false", "device=cpu", "replay.capacity=2000",
+         "log.tensorboard=false", f"hydra.run.dir={run}"],
+        cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "learner: agent=ddpg_drq (batch 8, 1 updates per agent step = one per 8 frames, twin Q, 3-step" in proc.stdout
+    assert "observation: 9x16x16 uint8, last 3 agent steps' renders, action repeat 8" in proc.stdout
+    with open(run / "eval.csv", newline="") as f:
+        assert [int(r["frame"]) for r in csv.DictReader(f)] == [0, 128, 256, 384]
+    with open(run / "train.csv", newline="") as f:
+        logged = list(csv.DictReader(f))
+    assert any(r["critic_loss"] for r in logged) and int(logged[-1]["updates"]) > 0
+    config = (run / "config.yaml").read_text()
+    assert "name: ddpg_drq" in config and "action_repeat: 8" in config
+    assert "render: auto" not in config  # the profile auto chose is recorded

@@ -16,8 +16,10 @@ import pytest
 from pixel_ddpg import checkpoint as ckpt_io
 
 ROOT = Path(__file__).resolve().parent.parent
+# The DDPG paper's setup (setup=paper), which these plumbing tests were written for; the default
+# learner's own smoke run: tests/test_defaults.py.
 TINY = [
-    "env=cartpole_balance", "env.episode_sim_steps=30", "num_envs=2", "render=fast", "obs.image_size=16",
+    "setup=paper", "env=cartpole_balance", "env.episode_sim_steps=30", "num_envs=2", "render=fast", "obs.image_size=16",
     "compile=false", "amp=false", "device=cpu", "warmup_frames=30", "eval.every_frames=120", "eval.episodes=2",
     "eval.num_envs=2", "log.every_frames=30", "checkpoint.every_frames=60", "agent.batch_size=8",
     "agent.state_batch_size=16", "replay.capacity=5000",
@@ -41,7 +43,7 @@ def frames(path: Path) -> list[int]:
     return [int(r["frame"]) for r in rows(path)]
 
 
-@pytest.mark.parametrize("obs,total", [("state", 240), ("pixels", 360)])
+@pytest.mark.parametrize("obs,total", [("state", 240), ("pixels_paper", 360)])
 def test_smoke_run_writes_logs_events_and_checkpoint(tmp_path, obs, total):
     run = tmp_path / obs
     train(run, f"obs={obs}", f"total_frames={total}")
