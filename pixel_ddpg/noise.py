@@ -32,8 +32,8 @@ class OUNoise:
 
     ``sigma_end``: σ moves linearly from ``sigma`` to it over ``sigma_frames`` env frames (None:
     constant). A large σ early explores far better than independent noise of any std: on
-    finger_spin, OU σ=1.0 collects reward in 57% of episodes, Gaussian std 1.0 in 9% and the
-    paper's σ=0.2 in 6% (docs/results.md, "Exploration")."""
+    finger_spin, OU σ=1.0 collects reward in 56% of episodes, Gaussian std 1.0 in 12% and the
+    paper's σ=0.2 in 9% (docs/results.md, "Exploration")."""
 
     def __init__(self, action_dim: int, theta: float, sigma: float, dt: float, device: torch.device,
                  generator: torch.Generator, sigma_end: float | None = None, sigma_frames: int = 0) -> None:
