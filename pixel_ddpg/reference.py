@@ -3,7 +3,7 @@
 A curve means little without them: doing nothing scores 757 on cartpole_balance, and a random
 policy scores differently at every action repeat. ``noise`` is the learner's exploration process
 alone (``agent.noise`` at its first frame, around a zero action): on a sparse task it says how
-often exploration will put a reward into the replay at all. Neither policy looks at the observation, so
+often exploration will put a reward into the replay at all. No policy looks at the observation, so
 the envs step without rendering (``obs.type`` state), with the same task, episode length and
 action repeat as the training run the overrides describe.
 """
