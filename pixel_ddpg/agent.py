@@ -83,6 +83,15 @@ class DDPGAgent:
             raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
         self.twin_q = bool(c.twin_q)
         self.target_noise, self.target_noise_clip = float(c.target_policy_noise), float(c.target_noise_clip)
+        # DrQ-v2's options; configs saved before they existed (older checkpoints) meant the defaults.
+        self.target_noise_schedule = bool(c.get("target_noise_schedule", False))
+        self.actor_noise = bool(c.get("actor_noise", False))
+        actor_q = str(c.get("actor_q", "q1"))
+        if actor_q not in ("q1", "min"):
+            raise ConfigError(f"agent.actor_q={actor_q!r} is not known; choose q1 or min")
+        self.actor_min_q = actor_q == "min"
+        self.use_target_encoder = bool(c.get("target_encoder", True))
+        self.use_target_actor = bool(c.get("target_actor", True))
         self.augment = bool(c.augment) and self.pixels  # a shift means nothing on a state vector
         self.pad = int(c.augment_pad)
         if self.augment and self.pad < 0:
@@ -116,8 +125,19 @@ class DDPGAgent:
         fast = {"fused": True} if cuda else {"foreach": True}
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(c.actor_lr), **fast)
         critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
-        self.critic_opt = torch.optim.Adam(critic_params, lr=float(c.critic_lr),
-                                           weight_decay=float(c.critic_weight_decay), **fast)
+        decay = float(c.critic_weight_decay)
+        if decay > 0:
+            # The paper: "For Q we included L2 weight decay of 1e-2". Read as Adam's L2 (decay x w
+            # added to the gradient: the gradient of 1e-2 * ||w||^2 / 2, TensorFlow's l2_loss) on Q's
+            # weight matrices and conv kernels only, as DDPG implementations of the time regularised
+            # them: not biases, not batch-norm scales and shifts. Q's convs here are the shared
+            # encoder's, which only the critic trains.
+            groups: list[dict[str, Any]] = [
+                {"params": [p for p in critic_params if p.ndim > 1], "weight_decay": decay},
+                {"params": [p for p in critic_params if p.ndim <= 1], "weight_decay": 0.0}]
+            self.critic_opt = torch.optim.Adam(groups, lr=float(c.critic_lr), **fast)
+        else:
+            self.critic_opt = torch.optim.Adam(critic_params, lr=float(c.critic_lr), **fast)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
 
         self.generator = torch.Generator(device=self.device)
@@ -182,15 +202,18 @@ class DDPGAgent:
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
                      ) -> tuple[torch.Tensor, ...]:
-        """MSE of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise])."""
+        """MSE of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise]).
+
+        ``target_eps``: the smoothing noise, scaled by its std (fixed, or the exploration schedule's)."""
         if shifts is not None:
             obs = random_shift(obs, shifts[0], self.pad)
             next_obs = random_shift(next_obs, shifts[1], self.pad)
         with torch.no_grad():
-            next_feat = self._features(self.target_encoder, next_obs)
-            next_action = self.target_actor(next_feat)
-            if target_eps is not None:
-                noise = (target_eps * self.target_noise).clamp(-self.target_noise_clip, self.target_noise_clip)
+            # DrQ-v2 (target_encoder/target_actor false) encodes s' and picks a' with the online nets.
+            next_feat = self._features(self.target_encoder if self.use_target_encoder else self.encoder, next_obs)
+            next_action = (self.target_actor if self.use_target_actor else self.actor)(next_feat)
+            if target_eps is not None:  # already scaled by its std (drawn outside compiled code)
+                noise = target_eps.clamp(-self.target_noise_clip, self.target_noise_clip)
                 next_action = torch.maximum(torch.minimum(next_action + noise * self.actor.scale, self._high),
                                             self._low)
             next_qs = self.target_critic(next_feat, next_action)
@@ -206,14 +229,28 @@ class DDPGAgent:
         feat_norm = feat.detach().norm(dim=1).mean()
         return loss, qs[0].detach().mean(), target.mean(), feat.detach(), feat_norm
 
-    def _actor_loss(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _actor_loss(self, feat: torch.Tensor, actor_eps: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """−Q1(s, μ(s)) on detached features: the encoder never sees the actor's gradient.
 
-        Also returns the mean |pre-tanh| and the share of saturated action components
-        (|a| > 0.99 of the bound), the two numbers that show a collapse onto the bounds.
+        DrQ-v2's form: with ``actor_eps`` (noise already scaled by the schedule's std) the action
+        is a sample μ(s) + clip(ε, ±target_noise_clip), clamped to the bounds with the gradient
+        passed straight through (its TruncatedNormal.sample); with ``actor_q: min`` the actor
+        climbs min(Q1, Q2). Also returns the mean |pre-tanh| and the share of saturated action
+        components (|a| > 0.99 of the bound), the two numbers that show a collapse onto the bounds.
         """
         pre = self.actor.pre_tanh(feat)  # fp32 features (see _features): the heads run in fp32
-        loss = -self.critic(feat, self.actor.squash(pre))[0].mean()
+        action = self.actor.squash(pre)
+        if actor_eps is not None:
+            noisy = action + actor_eps.clamp(-self.target_noise_clip, self.target_noise_clip) * self.actor.scale
+            clamped = torch.maximum(torch.minimum(noisy, self._high), self._low)
+            action = noisy + (clamped - noisy).detach()
+        qs = self.critic(feat, action)
+        q = qs[0]
+        if self.actor_min_q:
+            for other in qs[1:]:
+                q = torch.minimum(q, other)
+        loss = -q.mean()
         if self.preact_penalty > 0:
             # Beyond the knee only: small actions feel no pull towards 0, so a tiny dQ/da (a sparse
             # task before its first reward) still moves them; saturation is still pushed back.
@@ -256,8 +293,9 @@ class DDPGAgent:
         g = self.generator
         shifts = (torch.randint(0, 2 * self.pad + 1, (2, n, 2), device=self.device, generator=g)
                   if self.augment else None)
-        target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g)
-                      if self.target_noise > 0 else None)
+        target_std = self.noise.scale_at(frame) if self.target_noise_schedule else self.target_noise
+        target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g) * target_std
+                      if target_std > 0 else None)
         self._set_train(True)
         critic_loss, q, target_q, feat, feat_norm = self._critic_loss_fn(
             batch.obs, batch.action, batch.reward, batch.discount, batch.next_obs, shifts, target_eps)
@@ -267,7 +305,9 @@ class DDPGAgent:
         if update_actor:
             self.critic.requires_grad_(False)  # the actor's loss computes no critic gradient at all
             try:
-                actor_loss, pre_tanh, saturated = self._actor_loss_fn(feat)
+                actor_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g)
+                             * self.noise.scale_at(frame) if self.actor_noise else None)
+                actor_loss, pre_tanh, saturated = self._actor_loss_fn(feat, actor_eps)
                 self.actor_opt.zero_grad(set_to_none=True)
                 self._backward(actor_loss)
             finally:

@@ -25,6 +25,7 @@ from torch import nn
 from envs.errors import ConfigError
 
 ENCODER_TYPES = ("paper", "drqv2")
+INITS = ("paper", "orthogonal")
 
 
 def fan_in_uniform_(layer: nn.Module, bound: float | None = None) -> None:
@@ -36,6 +37,20 @@ def fan_in_uniform_(layer: nn.Module, bound: float | None = None) -> None:
         weight.uniform_(-bound, bound)
         if layer.bias is not None:  # type: ignore[union-attr]
             layer.bias.uniform_(-bound, bound)  # type: ignore[union-attr]
+
+
+def orthogonal_init_(module: nn.Module) -> None:
+    """DrQ-v2's init (its ``utils.weight_init``): orthogonal weights (ReLU gain on convs), zero
+    biases, final layers included; LayerNorm keeps PyTorch's ones and zeros."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            gain = nn.init.calculate_gain("relu") if isinstance(m, nn.Conv2d) else 1.0
+            with torch.no_grad():
+                w = torch.empty(m.weight.shape)  # contiguous: orthogonal_ views it as a matrix (the convs are NHWC)
+                nn.init.orthogonal_(w, gain)
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 def _linear(in_dim: int, out_dim: int, bound: float | None = None) -> nn.Linear:
@@ -240,10 +255,16 @@ def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.nd
     center = enc.get("center", False)  # configs saved before the key existed: [0, 1] input
     if center not in (True, False):
         raise ConfigError(f"agent.encoder.center={center!r} must be true or false")
+    init = str(c.get("init", "paper"))  # configs saved before the key existed: the paper's init
+    if init not in INITS:
+        raise ConfigError(f"agent.init={init!r} is not known; choose one of {list(INITS)}")
     encoder = Encoder(tuple(obs_shape), channels, kernels, strides, batch_norm, center)
     actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, action_low, action_high)
     critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, bool(c.twin_q))
+    if init == "orthogonal":
+        for net in (encoder, actor, critic):
+            orthogonal_init_(net)
     return encoder, actor, critic
 
 
-__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_", "has_trunk"]
+__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_", "has_trunk", "orthogonal_init_"]

@@ -48,6 +48,11 @@ class OUNoise:
     def sigma_at(self, frame: int) -> float:
         return linear_schedule(self.sigma, self.sigma_end, self.sigma_frames, frame)
 
+    def scale_at(self, frame: int) -> float:
+        """The schedule's value at ``frame`` (σ): what a learner that ties its target or actor
+        noise to the exploration schedule draws with."""
+        return self.sigma_at(frame)
+
     def sample(self, n: int, first: torch.Tensor | None = None, frame: int = 0) -> torch.Tensor:
         """Advance every env's process one step; envs where ``first`` is set restart from 0 first."""
         if self.state is None or self.state.shape[0] != n:
@@ -79,6 +84,10 @@ class GaussianNoise:
 
     def std(self, frame: int) -> float:
         return linear_schedule(self.std_start, self.std_end, self.std_frames, frame)
+
+    def scale_at(self, frame: int) -> float:
+        """The std at ``frame``: DrQ-v2 draws its target smoothing and its actor's sample with it."""
+        return self.std(frame)
 
     def sample(self, n: int, first: torch.Tensor | None = None, frame: int = 0) -> torch.Tensor:
         eps = torch.randn(n, self.action_dim, device=self.device, generator=self.generator) * self.std(frame)
