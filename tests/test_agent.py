@@ -31,7 +31,9 @@ PIX = (9, 32, 32)
 
 @functools.lru_cache(maxsize=None)
 def _cfg(overrides: tuple[str, ...]):
-    return compose(["setup=paper", *overrides])  # the paper's learner unless a test names another
+    # The paper's setup with the base learner (agent=ddpg: no batch norm, no L2), which these tests
+    # were written for; the paper's own (agent=ddpg_paper) has its tests in tests/test_published.py.
+    return compose(["setup=paper", "agent=ddpg", *overrides])
 
 
 def spec(obs_shape=PIX, action_dim=3, low=None, high=None, num_envs=4) -> EnvSpec:

@@ -31,7 +31,7 @@ def test_one_update_per_8_frames_at_any_repeat():
 
 def test_setup_paper_is_the_papers_learner_and_observation():
     cfg = compose(["env=cheetah", "setup=paper"])
-    assert cfg.agent.name == "ddpg" and cfg.agent.batch_size == 16 and cfg.agent.noise.type == "ou"
+    assert cfg.agent.name == "ddpg_paper" and cfg.agent.batch_norm and cfg.agent.batch_size == 16 and cfg.agent.noise.type == "ou"
     assert (cfg.obs.image_size, cfg.obs.action_repeat, cfg.obs.render_substeps, cfg.obs.frame_stack) == (64, 3, True, 1)
     assert updates_per_step(cfg) == 1.0 and cfg.warmup_frames == 10000
     # command-line overrides still win over the setup's choices
