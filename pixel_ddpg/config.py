@@ -45,6 +45,8 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
     if not OmegaConf.has_resolver("dmc"):
         OmegaConf.register_new_resolver("dmc", _dmc)
+    if not OmegaConf.has_resolver("gym_name"):  # conf/env/gym.yaml: a run-dir-safe name of env.id
+        OmegaConf.register_new_resolver("gym_name", lambda env_id: __import__("envs.gym_env").gym_env.slug(env_id))
 
 
 _register_resolvers()
@@ -81,6 +83,7 @@ def check_group_overrides(overrides: Sequence[str]) -> None:
     one line, before Hydra composes (Hydra would resolve the run dir's name first, with a traceback)."""
     envs_chosen: list[str] = []
     tasks: list[str] = []
+    gym_id = False
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")
@@ -92,6 +95,10 @@ def check_group_overrides(overrides: Sequence[str]) -> None:
                 envs_chosen = value.split(",")
         elif sep and key == "env.task":
             tasks = value.split(",")
+        elif sep and key == "env.id":
+            gym_id = True
+    if "gym" in envs_chosen and not gym_id:
+        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
     if "dmc" in envs_chosen:
         if not tasks:
             raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
