@@ -16,18 +16,17 @@ from tests.test_train import ROOT, TINY, rows
 
 def test_every_preset_equals_its_dmc_task():
     """The ten files in conf/env/ are presets of env=dmc: same EnvPool id, camera, repeat, length."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
 
     by_id = {t.task_id: t for t in dmc_tasks().values()}
     presets = [p for p in group_choices("env") if p not in ("dmc", "gym")]
     assert len(presets) == 10
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        for preset in presets:
-            env = hydra_compose("config", [f"env={preset}"]).env
-            dmc = hydra_compose("config", ["env=dmc", f"env.task={by_id[env.task_id].name}"]).env
-            for key in ("task_id", "camera_id", "action_repeat", "episode_sim_steps"):
-                assert env[key] == dmc[key], (preset, key)
+    dmc_yaml = OmegaConf.load(conf_dir() / "env" / "dmc.yaml")
+    for preset in presets:
+        env = OmegaConf.load(conf_dir() / "env" / f"{preset}.yaml")
+        dmc = OmegaConf.create({"env": OmegaConf.merge(dmc_yaml, {"task": by_id[env.task_id].name})}).env
+        for key in ("task_id", "camera_id", "action_repeat", "episode_sim_steps"):
+            assert env[key] == dmc[key], (preset, key)
 
 
 def test_names_cameras_and_repeats():
