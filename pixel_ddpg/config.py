@@ -36,17 +36,24 @@ def _dmc(field: str, name: str) -> str | int:
     return resolve(field, name)
 
 
+def _gym_name(env_id: str) -> str:
+    from envs.gym_env import slug
+
+    return slug(env_id)
+
+
 def _register_resolvers() -> None:
     """``${div:a,b}``: conf/launcher/local.yaml splits the replay's memory share between the jobs
     that run at once; ``${dmc:field,task}``: conf/env/dmc.yaml reads a dm_control task's EnvPool id,
-    domain and time limit (:mod:`envs.dmc`). Registered on import, so every process that composes
+    domain and time limit (:mod:`envs.dmc`); ``${gym_name:id}``: conf/env/gym.yaml's run-dir-safe
+    name of a Gymnasium id (:mod:`envs.gym_env`). Registered on import, so every process that composes
     or resolves has them (a joblib or submitit worker imports this module to run the job)."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
     if not OmegaConf.has_resolver("dmc"):
         OmegaConf.register_new_resolver("dmc", _dmc)
-    if not OmegaConf.has_resolver("gym_name"):  # conf/env/gym.yaml: a run-dir-safe name of env.id
-        OmegaConf.register_new_resolver("gym_name", lambda env_id: __import__("envs.gym_env").gym_env.slug(env_id))
+    if not OmegaConf.has_resolver("gym_name"):
+        OmegaConf.register_new_resolver("gym_name", _gym_name)
 
 
 _register_resolvers()
