@@ -69,6 +69,8 @@ class VecEnv:
     """N envs stepping together. ``step_async``/``step_wait`` run the step in a thread so a
     trainer can update on the device meanwhile (EnvPool releases the GIL while it steps)."""
 
+    notice: str | None = None  # a line for the trainer to print at start (env=gym: its render cost)
+
     def __init__(self, settings: EnvSettings) -> None:
         if settings.pixels:
             require_egl()
@@ -265,4 +267,8 @@ class VecEnv:
 
 def make_env(settings: EnvSettings) -> VecEnv:
     """The one way the project builds envs: training, evaluation, benchmark and preview."""
+    if settings.backend == "gym":
+        from envs.gym_env import GymVecEnv
+
+        return GymVecEnv(settings)
     return VecEnv(settings)

@@ -11,6 +11,7 @@ from envs.errors import ConfigError
 from envs.render_profiles import PROFILES
 
 OBS_TYPES = ("pixels", "state")
+BACKENDS = ("envpool", "gym")  # env=dmc and its presets | env=gym (envs/gym_env.py)
 
 
 def _int(value: Any, key: str) -> int:
@@ -44,8 +45,13 @@ class EnvSettings:
     seed: int
     num_threads: int | str = "auto"  # EnvPool worker threads: "auto", or N (0: EnvPool's one per env)
     episode_sim_steps: int = 1000
+    backend: str = "envpool"
+    gym_kwargs: dict[str, Any] | None = None  # env=gym: keyword arguments of gymnasium.make
+    vectorization: str = "sync"  # env=gym: Gymnasium's vector mode, sync | async
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"env.backend={self.backend!r} is not known; choose one of {list(BACKENDS)}")
         if self.obs_type not in OBS_TYPES:
             raise ConfigError(f"obs.type={self.obs_type!r} is not an observation type; choose one of {list(OBS_TYPES)}")
         if self.render not in PROFILES:
@@ -80,6 +86,20 @@ class EnvSettings:
             render = resolve_render(str(obs.type) == "pixels")
         elif render not in PROFILES:
             raise ConfigError(f"render={render!r} is not a render profile; choose one of {['auto', *PROFILES]}")
+        backend = str(env.get("backend", "envpool"))  # configs saved before env=gym: EnvPool
+        episode_sim_steps = env.episode_sim_steps
+        gym: dict[str, Any] = {}
+        if backend == "gym":
+            from omegaconf import OmegaConf
+
+            from envs.gym_env import episode_steps
+
+            if episode_sim_steps is not None:
+                _int(episode_sim_steps, "env.episode_sim_steps")
+            episode_sim_steps = episode_steps(str(env.task_id), episode_sim_steps)
+            kwargs = env.get("kwargs") or {}
+            gym = dict(backend=backend, vectorization=str(env.get("vectorization", "sync")),
+                       gym_kwargs=OmegaConf.to_container(kwargs, resolve=True) if not isinstance(kwargs, dict) else kwargs)
         return cls(
             name=str(env.name),
             task_id=str(env.task_id),
@@ -93,7 +113,8 @@ class EnvSettings:
             num_envs=cfg.num_envs if num_envs is None else num_envs,
             seed=cfg.seed if seed is None else seed,
             num_threads=cfg.get("num_threads", "auto"),
-            episode_sim_steps=env.episode_sim_steps,
+            episode_sim_steps=episode_sim_steps,
+            **gym,
         )
 
     @property

@@ -42,7 +42,7 @@ PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"} 
 def variant_of(precision: Precision) -> str:
     """The update variant name a precision runs (for an fp16 autocast: none)."""
     return {v: k for k, v in VARIANTS.items()}.get((precision.amp_dtype, precision.compile), "other")
-STAGES = ("env_state", "env_pixels", "replay", "peak", "update", "act", "end_to_end", "baseline")
+STAGES = ("env_state", "env_pixels", "replay", "peak", "update", "act", "end_to_end", "baseline", "env_gym")
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -247,6 +247,27 @@ class Benchmark:
         if num_envs is None:
             self.stages["env_pixels"] = out
         return out
+
+    def env_gym(self) -> None:
+        """Pixel frames/s of one task that EnvPool and Gymnasium both have (``gym_compare.task_id``),
+        rendered natively by EnvPool and through env=gym's Python path (Gymnasium's render and a
+        resize): what env=gym costs. Action repeat 1, one render per env step on both sides."""
+        import importlib.util
+
+        g = self.cfg.gym_compare
+        if importlib.util.find_spec("imageio") is None:  # gymnasium's MuJoCo renderer imports it
+            raise UserError("stage env_gym renders Gymnasium's MuJoCo envs, which need imageio: pip install imageio "
+                            "(or gymnasium[mujoco])")
+        common = dict(name=str(g.task_id), task_id=str(g.task_id), obs_type="pixels", image_size=int(self.settings.image_size or 64),
+                      action_repeat=1, render_substeps=False, frame_stack=1, render=str(g.render),
+                      num_envs=self.settings.num_envs, seed=int(self.cfg.seed), episode_sim_steps=1000)
+        out: dict[str, Any] = {"task_id": str(g.task_id), "num_envs": self.settings.num_envs,
+                               "image_size": common["image_size"]}
+        out["envpool"] = _env_rate(EnvSettings(**common, camera_id=-1), self.timer, self.steps)
+        out["gym"] = _env_rate(EnvSettings(**common, camera_id=-1, backend="gym", vectorization=str(g.vectorization)),
+                               self.timer, self.steps)
+        out["gym_vs_envpool"] = out["gym"]["median"] / out["envpool"]["median"]
+        self.stages["env_gym"] = out
 
     def replay(self) -> None:
         replay = self._filled_replay()
@@ -517,6 +538,8 @@ class Benchmark:
         if "end_to_end" in s:
             # on a CPU the learner is the bottleneck: the loop should run at the update rate alone
             out["loop_vs_learner"] = s["end_to_end"]["loop_vs_learner"]
+        if "env_gym" in s:
+            out["env_gym_vs_envpool"] = s["env_gym"]["gym_vs_envpool"]
         if "env_pixels" in s:
             out["env_fast_vs_standard"] = s["env_pixels"]["fast"]["median"] / s["env_pixels"]["standard"]["median"]
         return out
@@ -545,6 +568,10 @@ def table(results: dict[str, Any]) -> str:
         row("env state", s["env_state"])
     for profile, r in s.get("env_pixels", {}).items():
         row(f"env pixels ({profile})", r)
+    if "env_gym" in s:
+        g = s["env_gym"]
+        row(f"env pixels {g['task_id']} EnvPool", g["envpool"])
+        row(f"env pixels {g['task_id']} env=gym", g["gym"])
     if "replay" in s:
         r = s["replay"]
         for k in ("add", "sample", "naive_sample"):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from envs.errors import ConfigError, EGLUnavailable
 
@@ -29,12 +30,30 @@ class UserError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
 
 
+def _dmc(field: str, name: str) -> str | int:
+    from envs.dmc import resolve
+
+    return resolve(field, name)
+
+
+def _gym_name(env_id: str) -> str:
+    from envs.gym_env import slug
+
+    return slug(env_id)
+
+
 def _register_resolvers() -> None:
     """``${div:a,b}``: conf/launcher/local.yaml splits the replay's memory share between the jobs
-    that run at once. Registered on import, so every process that composes or resolves has it
-    (a joblib or submitit worker imports this module to run the job)."""
+    that run at once; ``${dmc:field,task}``: conf/env/dmc.yaml reads a dm_control task's EnvPool id,
+    domain and time limit (:mod:`envs.dmc`); ``${gym_name:id}``: conf/env/gym.yaml's run-dir-safe
+    name of a Gymnasium id (:mod:`envs.gym_env`). Registered on import, so every process that composes
+    or resolves has them (a joblib or submitit worker imports this module to run the job)."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
+    if not OmegaConf.has_resolver("dmc"):
+        OmegaConf.register_new_resolver("dmc", _dmc)
+    if not OmegaConf.has_resolver("gym_name"):
+        OmegaConf.register_new_resolver("gym_name", _gym_name)
 
 
 _register_resolvers()
@@ -67,7 +86,11 @@ def group_choices(group: str) -> list[str]:
 
 
 def check_group_overrides(overrides: Sequence[str]) -> None:
-    """Name a bad ``env=``/``obs=``/``agent=`` choice in one line, before Hydra composes."""
+    """Name a bad ``env=``/``obs=``/``agent=`` choice, or an unknown ``env.task=`` of env=dmc, in
+    one line, before Hydra composes (Hydra would resolve the run dir's name first, with a traceback)."""
+    envs_chosen: list[str] = []
+    tasks: list[str] = []
+    gym_id = False
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.lstrip("+~")
@@ -75,6 +98,21 @@ def check_group_overrides(overrides: Sequence[str]) -> None:
             for choice in value.split(","):  # multirun lists
                 if choice not in group_choices(key):
                     raise ConfigError(f"{key}={choice!r} is not known; choose one of {group_choices(key)}")
+            if key == "env":
+                envs_chosen = value.split(",")
+        elif sep and key == "env.task":
+            tasks = value.split(",")
+        elif sep and key == "env.id":
+            gym_id = True
+    if "gym" in envs_chosen and not gym_id:
+        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
+    if "dmc" in envs_chosen:
+        if not tasks:
+            raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
+        from envs.dmc import find_task
+
+        for task in tasks:
+            find_task(task)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -105,6 +143,10 @@ def cli(task: Callable[[DictConfig], object], config_name: str = "config",
             task(cfg)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except InterpolationResolutionError as exc:  # a resolver's own one-line error, unwrapped
+            if isinstance(exc.__cause__, USER_ERRORS):
+                fail(str(exc.__cause__))
+            raise
 
     def main() -> None:
         try:

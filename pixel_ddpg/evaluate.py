@@ -1,5 +1,8 @@
 """`python -m pixel_ddpg.evaluate checkpoint=<file or run dir> episodes=N out_dir=DIR`.
 
+``checkpoint=`` may also be a policy written by ``python -m pixel_ddpg.export`` (``policy.pt2``):
+it then runs that file as it is, in the env its metadata names (no Q record: it has no critic).
+
 Rebuilds env, obs pipeline, render profile and networks from the checkpoint's own config,
 runs N episodes with deterministic actions on a batch of envs, prints the returns and writes
 ``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render);
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
@@ -28,14 +31,6 @@ from pixel_ddpg.config import UserError, cli, ensure_writable_dir
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
 from pixel_ddpg.rollout import agent_policy, run_episodes
-
-
-def _out_dir(cfg: DictConfig, ckpt: dict[str, Any]) -> Path:
-    if cfg.out_dir:
-        out = Path(str(cfg.out_dir))
-    else:
-        out = ckpt_io.run_dir_of(ckpt["path"]) / "eval" / f"frame_{ckpt['counters']['frame']}"
-    return ensure_writable_dir(out, "out_dir")
 
 
 class EpisodeRecorder:
@@ -149,6 +144,37 @@ def _write_q_record(qrec: QRecorder, lengths: list[int], summary: dict[str, Any]
     return q
 
 
+def _exported_policy(module: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """An exported policy (:mod:`pixel_ddpg.export`) as :func:`run_episodes` calls a policy."""
+    import torch
+
+    def act(obs: np.ndarray, first: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.as_tensor(obs)).float().numpy()
+
+    return act
+
+
+def _source(path: str) -> dict[str, Any]:
+    """What ``checkpoint=`` points at, as evaluate needs it: a checkpoint (networks rebuilt from its
+    config), or a policy written by ``python -m pixel_ddpg.export`` (run as it is, so a user checks
+    the very file they ship: no critic, so no Q record)."""
+    from pixel_ddpg.export import is_exported, load_exported
+
+    if is_exported(path):
+        module, meta = load_exported(path)
+        p = Path(path).expanduser().resolve()
+        return {"exported": module, "path": p, "config": OmegaConf.create(meta["config"]),
+                "frame": int(meta["checkpoint_frame"]), "provenance": meta.get("provenance"),
+                "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / "eval" / p.stem}
+    ckpt = ckpt_io.load(path)
+    run_dir = ckpt_io.run_dir_of(ckpt["path"])
+    return {"checkpoint": ckpt, "path": ckpt["path"], "config": ckpt_io.checkpoint_config(ckpt),
+            "frame": int(ckpt["counters"]["frame"]), "provenance": ckpt.get("provenance"),
+            "env_signature": ckpt["env_signature"], "run_dir": run_dir,
+            "out": run_dir / "eval" / f"frame_{ckpt['counters']['frame']}"}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pixel_ddpg.agent import make_agent
     from pixel_ddpg.trainer import EVAL_SEED_OFFSET, env_signature
@@ -158,35 +184,45 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"episodes={episodes} must be at least 1")
     if int(cfg.strip_frames) < 0:
         raise UserError(f"strip_frames={cfg.strip_frames} must be zero or a positive whole number")
-    tolerance = check_tolerance(cfg.q_tail_tolerance) if cfg.q_record else None
-    ckpt = ckpt_io.load(cfg.checkpoint)
-    warning = provenance.mismatch_warning(ckpt.get("provenance"), str(ckpt["path"]))
+    src = _source(str(cfg.checkpoint))
+    exported = "exported" in src
+    if exported and cfg.plot:
+        raise UserError(f"plot=true needs a run's eval.csv; {src['path']} is an exported policy: "
+                        "point checkpoint= at the run dir to plot")
+    q_record = bool(cfg.q_record) and not exported  # an exported policy has no critic
+    tolerance = check_tolerance(cfg.q_tail_tolerance) if q_record else None
+    warning = provenance.mismatch_warning(src["provenance"], str(src["path"]))
     if warning:
         print(warning, file=sys.stderr)
-    train_cfg = ckpt_io.checkpoint_config(ckpt)
-    run_dir = ckpt_io.run_dir_of(ckpt["path"])
+    train_cfg = src["config"]
+    run_dir = src["run_dir"]
     if cfg.plot:
         from pixel_ddpg.plot import load_run
 
         load_run(run_dir)  # no eval.csv to plot: say so before any episode runs
-    out = _out_dir(cfg, ckpt)
-    precision = resolve_precision(cfg.device, "false", "bfloat16", "false")
+    out = ensure_writable_dir(Path(str(cfg.out_dir)) if cfg.out_dir else src["out"], "out_dir")
+    precision = resolve_precision("cpu" if exported else cfg.device, "false", "bfloat16", "false")
     set_cpu_threads(precision.device, train_cfg.get("torch_threads", "auto"))
     seed = int(cfg.seed) if cfg.seed is not None else (int(train_cfg.seed) + EVAL_SEED_OFFSET) % 2**31
     num_envs = int(cfg.num_envs) if cfg.num_envs is not None else min(episodes, int(train_cfg.eval.num_envs))
     settings = EnvSettings.from_config(train_cfg, num_envs=num_envs, seed=seed)
     with make_env(settings) as env:
-        ckpt_io.check_signature("env", ckpt["env_signature"], env_signature(settings, env.spec), ckpt["path"])
-        agent = make_agent(train_cfg.agent, env.spec, precision, seed)
-        ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-        agent.load_state_dict(ckpt["agent"])
+        ckpt_io.check_signature("env", src["env_signature"], env_signature(settings, env.spec), src["path"])
+        qrec = None
+        if exported:
+            policy = _exported_policy(src["exported"])
+        else:
+            ckpt = src["checkpoint"]
+            agent = make_agent(train_cfg.agent, env.spec, precision, seed)
+            ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
+            agent.load_state_dict(ckpt["agent"])
+            policy = agent_policy(agent, precision.device)
+            qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if q_record else None
         recorder = None
         strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
         if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:
             recorder = EpisodeRecorder(env, out, min(int(cfg.video_episodes), episodes) if cfg.video else 0,
                                        int(cfg.video_size), int(cfg.video_fps), strip_at, int(cfg.strip_height))
-        policy = agent_policy(agent, precision.device)
-        qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if cfg.q_record else None
         hooks = [h for h in (recorder, qrec.on_step if qrec else None) if h is not None]
         try:
             res = run_episodes(env, qrec.wrap(policy) if qrec else policy, episodes, on_step=_chain(hooks))
@@ -198,7 +234,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     print(f"{settings.task_id} {settings.obs_type}: return {res.mean:.2f} ± {res.std:.2f} over {episodes} episodes")
     summary = {
         "env": settings.name, "task_id": settings.task_id, "obs": settings.obs_type, "render": settings.render,
-        "checkpoint": str(ckpt["path"]), "checkpoint_frame": int(ckpt["counters"]["frame"]), "seed": seed,
+        "checkpoint": str(src["path"]), "checkpoint_frame": src["frame"], "seed": seed,
+        "policy": "exported" if exported else "checkpoint",
         "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
         "videos": [p.name for p in (recorder.paths if recorder else [])],
     }

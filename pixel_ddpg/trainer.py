@@ -196,9 +196,13 @@ class Trainer:
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
         self.log.progress.write(describe_setup(cfg, self.spec, self.batch_size, self.updates_per_step))
-        self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, "
-                                f"EnvPool {self.env_threads} of {usable_cores()} usable cores")
-        if self.settings.pixels and self.settings.render == "standard" and software_rendering():
+        envs_line = (f"EnvPool {self.env_threads} of {usable_cores()} usable cores" if self.settings.backend == "envpool"
+                     else f"a Gymnasium {self.settings.vectorization} vector env; {usable_cores()} usable cores")
+        self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")
+        if self.env.notice:
+            self.log.progress.write(self.env.notice)
+        if (self.settings.pixels and self.settings.render == "standard" and self.settings.backend == "envpool"
+                and software_rendering()):
             from pixel_ddpg.benchmark import render_cost
 
             cost = render_cost(self.settings)
