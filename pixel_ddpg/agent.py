@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ from pixel_ddpg.networks import build_networks, has_trunk
 from pixel_ddpg.noise import make_noise
 
 
+# torch.Generator.get_state() sizes: the device kind of checkpoints that do not record it.
+GENERATOR_KIND_BY_BYTES = {5056: "cpu", 16: "cuda"}
+GENERATOR_RESEED_STRIDE = 1_000_003  # reseed = seed * stride + updates: distinct per (seed, update)
 SATURATED = 0.99  # |a| above this share of the bound counts as a saturated action (train.csv: sat_frac)
 
 
@@ -120,8 +124,9 @@ class DDPGAgent:
                                            weight_decay=float(c.critic_weight_decay), **fast)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
 
+        self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator.manual_seed(self.seed)
         self.noise = make_noise(c.noise, spec.action_dim, self.device, self.generator)
         self.updates = 0
         self._last_actor_loss = torch.full((), float("nan"), device=self.device)
@@ -298,10 +303,35 @@ class DDPGAgent:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "noise": self.noise.state_dict(), "updates": self.updates, "generator": self.generator.get_state(),
-            "last_actor_loss": self._last_actor_loss.clone(),
+            "generator_device": self.device.type, "last_actor_loss": self._last_actor_loss.clone(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def reseed_generator(self) -> None:
+        """Seed the generator from (seed, updates): a saved state that cannot be restored here
+        (another device kind) still gives the same draws on every resume of that checkpoint."""
+        self.generator.manual_seed((self.seed * GENERATOR_RESEED_STRIDE + self.updates) % 2**63)
+
+    def _restore_generator(self, state: dict[str, Any]) -> str | None:
+        """Restore the generator when the checkpoint's came from this device kind, else reseed;
+        returns the warning to print in the second case.
+
+        A CPU generator's state is 5,056 bytes and a CUDA one's 16, so ``set_state`` across kinds
+        fails. Checkpoints written before ``generator_device`` was recorded are told apart by that
+        size."""
+        saved = torch.as_tensor(state["generator"]).cpu()  # map_location may have moved it
+        kind = state.get("generator_device") or GENERATOR_KIND_BY_BYTES.get(saved.numel(), "unknown")
+        if kind == self.device.type and saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return None
+        self.reseed_generator()
+        return (f"warning: the checkpoint's random generator was saved on {kind}, this run is on {self.device.type}: "
+                f"reseeded from (seed {self.seed}, update {self.updates:,}); augmentation and exploration draws "
+                "differ from an uninterrupted run on the original device")
+
+    def load_state_dict(self, state: dict[str, Any], generator: bool = True) -> None:
+        """Load everything :meth:`state_dict` saved. ``generator=False`` (evaluation: no draws
+        from it are ever made) leaves the generator as seeded; otherwise it is restored, or
+        reseeded with one warning line on stderr when it came from another device kind."""
         for name in ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic"):
             getattr(self, name).load_state_dict(state[name])
         self.actor_opt.load_state_dict(state["actor_opt"])
@@ -310,7 +340,10 @@ class DDPGAgent:
             self.scaler.load_state_dict(state["scaler"])
         self.noise.load_state_dict(state["noise"])
         self.updates = int(state["updates"])
-        self.generator.set_state(torch.as_tensor(state["generator"]).cpu())  # map_location may have moved it
+        if generator:
+            warning = self._restore_generator(state)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         self._last_actor_loss = torch.as_tensor(state["last_actor_loss"]).to(self.device).clone()
 
     def config_signature(self) -> dict[str, Any]:

@@ -179,7 +179,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ckpt_io.check_signature("env", ckpt["env_signature"], env_signature(settings, env.spec), ckpt["path"])
         agent = make_agent(train_cfg.agent, env.spec, precision, seed)
         ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-        agent.load_state_dict(ckpt["agent"])
+        agent.load_state_dict(ckpt["agent"], generator=False)  # deterministic actions draw nothing
         recorder = None
         strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
         if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:

@@ -99,21 +99,47 @@ def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
     return int(frames / int(cfg.obs.action_repeat) * updates_per_step(cfg))
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only.
+
+    CUDA's RNG is saved only for the run's own GPU, by index (``{"cuda": {index: state}}``):
+    ``get_rng_state_all`` would initialise CUDA on every visible GPU, from a CPU run too.
+    """
     state = {"torch": torch.get_rng_state(), "numpy": ckpt_io.numpy_rng_to_data(np.random.get_state()),
              "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        state["cuda"] = {int(index): torch.cuda.get_rng_state(index)}
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def cuda_rng_entries(saved: Any) -> dict[int, torch.Tensor]:
+    """A checkpoint's CUDA RNG states by GPU index: ``{index: state}``, or the list that
+    ``get_rng_state_all`` gave in checkpoints written before the per-device form."""
+    if saved is None:
+        return {}
+    if isinstance(saved, dict):
+        return {int(k): v for k, v in saved.items()}
+    return dict(enumerate(saved))
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> list[int]:
+    """Restore the global RNGs; CUDA states only on a CUDA run, for the GPUs that exist here.
+
+    Another GPU count than the saving machine's is no error: states of GPUs that are not here are
+    skipped, and a CPU run touches no GPU. Returns the GPU indexes restored.
+    """
     torch.set_rng_state(state["torch"])
     np.random.set_state(ckpt_io.numpy_rng_from_data(state["numpy"]))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    restored = []
+    if device is not None and device.type == "cuda":
+        count = torch.cuda.device_count()
+        for index, cuda_state in cuda_rng_entries(state.get("cuda")).items():
+            if 0 <= index < count:
+                torch.cuda.set_rng_state(torch.as_tensor(cuda_state).cpu(), index)
+                restored.append(index)
+    return restored
 
 
 @dataclasses.dataclass
@@ -218,7 +244,7 @@ class Trainer:
         if ckpt.get("replay") is not None:
             self.replay.load_state_dict(ckpt["replay"])
             self._owe_the_reset_step()
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.device)
         self.rng.bit_generator.state = ckpt["np_generator"]
 
     def _owe_the_reset_step(self) -> None:
@@ -248,7 +274,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "replay": self.replay.state_dict() if save_replay else None,
             "counters": {**dataclasses.asdict(self.counters), "update_credit": self._credit_before_draw},
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "np_generator": self.rng.bit_generator.state,
             "provenance": provenance.current(),
         }
