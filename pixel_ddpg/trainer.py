@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import signal
 import time
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
-from envs.egl import software_rendering
+from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
@@ -224,6 +225,10 @@ class Trainer:
         self.log.progress.write(describe_setup(cfg, self.spec, self.batch_size, self.updates_per_step))
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, "
                                 f"EnvPool {self.env_threads} of {usable_cores()} usable cores")
+        render_warning = self.settings.pixels and software_render_warning(
+            torch.cuda.is_available(), software_rendering(), os.environ.get(NVIDIA_CAPABILITIES_ENV))
+        if render_warning:
+            self.log.progress.write(render_warning)
         if self.settings.pixels and self.settings.render == "standard" and software_rendering():
             from pixel_ddpg.benchmark import render_cost
 
