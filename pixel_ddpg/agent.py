@@ -134,9 +134,13 @@ class DDPGAgent:
         self._low = torch.as_tensor(np.asarray(spec.action_low, np.float32), device=self.device)
         self._high = torch.as_tensor(np.asarray(spec.action_high, np.float32), device=self.device)
 
+        # CUDA graphs (compile's reduce-overhead mode) replay each update's ~100 kernel launches as one;
+        # they overwrite a graph's outputs on its next replay, so outputs kept past an update are cloned.
+        self._graphs = bool(precision.cuda_graphs)
         if precision.compile:
-            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False)
-            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False)
+            mode = {"mode": "reduce-overhead"} if self._graphs else {}
+            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False, **mode)
+            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False, **mode)
             self._policy_fn = torch.compile(self._policy, dynamic=False)
         else:
             self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
@@ -148,6 +152,10 @@ class DDPGAgent:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        """A graph output that outlives this update: cloned under CUDA graphs, else as it is."""
+        return t.clone() if self._graphs else t
 
     def _set_train(self, mode: bool) -> None:
         for m in self._online:
@@ -264,6 +272,8 @@ class DDPGAgent:
         target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g)
                       if self.target_noise > 0 else None)
         self._set_train(True)
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new update: the last one's graph outputs may be reused
         critic_loss, q, target_q, feat, feat_norm = self._critic_loss_fn(
             batch.obs, batch.action, batch.reward, batch.discount, batch.next_obs, shifts, target_eps)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -278,13 +288,14 @@ class DDPGAgent:
             finally:
                 self.critic.requires_grad_(True)
             self._step(self.actor_opt)
-            self._last_actor_loss = actor_loss.detach()
-            self._last_pre_tanh, self._last_saturated = pre_tanh, saturated
+            self._last_actor_loss = self._keep(actor_loss.detach())
+            self._last_pre_tanh, self._last_saturated = self._keep(pre_tanh), self._keep(saturated)
             self.update_targets()
         if self.scaler is not None:
             self.scaler.update()
-        return {"critic_loss": critic_loss.detach(), "actor_loss": self._last_actor_loss, "q": q,
-                "target_q": target_q, "feat_norm": feat_norm, "pre_tanh": self._last_pre_tanh,
+        return {"critic_loss": self._keep(critic_loss.detach()), "actor_loss": self._last_actor_loss,
+                "q": self._keep(q), "target_q": self._keep(target_q), "feat_norm": self._keep(feat_norm),
+                "pre_tanh": self._last_pre_tanh,
                 "sat_frac": self._last_saturated}
 
     @torch.no_grad()

@@ -104,6 +104,7 @@ class Precision:
     amp_dtype: torch.dtype | None
     compile: bool
     why: str = ""  # one line: what ``auto`` chose and on what grounds
+    cuda_graphs: bool = False  # the compiled update replays CUDA graphs (only ever with compile on CUDA)
 
     @property
     def needs_scaler(self) -> bool:
@@ -111,7 +112,8 @@ class Precision:
 
     def describe(self) -> str:
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
-        return f"{self.device}: {amp}, {'compiled' if self.compile else 'eager'} ({self.why})"
+        compiled = "compiled with CUDA graphs" if self.cuda_graphs else "compiled"
+        return f"{self.device}: {amp}, {compiled if self.compile else 'eager'} ({self.why})"
 
 
 def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tuple[bool, str]:
@@ -126,7 +128,7 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tu
 
 def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloat16", compile: object = "auto", *,
                       planned_updates: int | None = None, compile_min_updates: int = 0,
-                      flags: frozenset[str] | None = None) -> Precision:
+                      flags: frozenset[str] | None = None, cuda_graphs: object = "auto") -> Precision:
     """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA when Triton has what it needs
     (:func:`triton_missing`), CPU when the run is long enough.
 
@@ -134,7 +136,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
     updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
     count (None: unknown, compile). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
-    stays eager.
+    stays eager. ``cuda_graphs=auto``: on exactly when the update compiles on CUDA, where a small
+    update is bound by kernel launches; CUDA graphs do not exist on a CPU.
     """
     dev = resolve_device(device)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -172,8 +175,13 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     elif use_compile and dev.type == "cpu" and cpu_compiler() is None:
         raise UserError(f"compile=true needs a C++ compiler for torch.compile on a CPU ({os.environ.get('CXX') or 'g++'} "
                         "not found): install g++, or use compile=auto or compile=false")
+    graphs = _switch(cuda_graphs, "cuda_graphs")
+    if graphs and not (use_compile and dev.type == "cuda"):
+        raise ConfigError(f"cuda_graphs=true needs compile on CUDA (here: device {dev}, compile "
+                          f"{'on' if use_compile else 'off'}); use cuda_graphs=auto or cuda_graphs=false")
+    graphs = bool(use_compile and dev.type == "cuda") if graphs is None else graphs
     return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
-                     why="; ".join(reasons) or "set explicitly")
+                     why="; ".join(reasons) or "set explicitly", cuda_graphs=graphs)
 
 
 def plan_threads(cores: int, env_threads: int) -> int:

@@ -31,6 +31,7 @@ from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usa
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
+from pixel_ddpg.staging import HostStaging
 
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episodes
 # Ctrl-C, kill, and SLURM's warning before a job's time limit (submitit asks for SIGUSR2 120 s
@@ -183,8 +184,10 @@ class Trainer:
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
         self.precision: Precision = resolve_precision(
             cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
-            compile_min_updates=int(cfg.get("compile_min_updates", 0)))  # absent from older checkpoints' configs
+            compile_min_updates=int(cfg.get("compile_min_updates", 0)),  # absent from older checkpoints' configs
+            cuda_graphs=cfg.get("cuda_graphs", "auto"))
         self.device = self.precision.device
+        self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
         self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
         self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         torch.manual_seed(cfg.seed)
@@ -338,19 +341,27 @@ class Trainer:
         self._finite_frame = frame
 
     # ------------------------------------------------------------------ the loop
-    def _actions(self, step: EnvStep) -> np.ndarray:
+    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device: through a pinned buffer with a non-blocking copy on CUDA."""
+        if self._staging is None:
+            return torch.as_tensor(array, device=self.device)
+        return self._staging.upload(name, array)
+
+    def _actions(self, step: EnvStep) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The actions for the envs (host) and, once the agent acts, the same actions on the
+        device, which the replay stores as they are instead of uploading the host copy again."""
         if self.counters.frame < int(self.cfg.warmup_frames):
-            return self.spec.random_actions(self.rng)
-        obs = torch.as_tensor(step.obs, device=self.device)
-        first = torch.as_tensor(step.first, device=self.device)
+            return self.spec.random_actions(self.rng), None
+        obs = self._upload("obs", step.obs)
+        first = self._upload("first", step.first)
         with torch.no_grad():
-            action = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
-        action = action.float().cpu().numpy()
+            on_device = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
+        action = on_device.float().cpu().numpy()
         if not np.isfinite(action).all():  # on the host already: no extra sync
             self.check_finite()  # names the loss or weight that made it so
             raise NonFiniteError(f"non-finite action at frame {self.counters.frame:,} from finite weights (a non-finite "
                                  f"observation?); the run stopped and saved nothing; {self.last_good()}")
-        return action
+        return action, on_device
 
     def _updates_due(self) -> int:
         # Steps held, not transitions: the reset step alone is none, so also wait for n more.
@@ -366,9 +377,9 @@ class Trainer:
         """The batches the next iteration's updates will learn from, sampled now (a checkpoint
         keeps the update credit from before this draw: see :meth:`checkpoint_state`)."""
         self._credit_before_draw = self.counters.update_credit
-        return [self.replay.sample(self.batch_size) for _ in range(self._updates_due())]
+        return self.replay.sample_many(self.batch_size, self._updates_due())
 
-    def _collect(self, action: np.ndarray) -> tuple[EnvStep, list[Batch]]:
+    def _collect(self, action: np.ndarray, on_device: torch.Tensor | None = None) -> tuple[EnvStep, list[Batch]]:
         """Everything but learning: step the envs, store the step, sample the next batches.
 
         With ``async_env`` this runs on the collector thread while the learner updates, so on a
@@ -377,7 +388,7 @@ class Trainer:
         both modes sample the same batches.
         """
         step = self.env.step(action)
-        self.replay.add(step, action)
+        self.replay.add(step, action if on_device is None else on_device)
         return step, self._draw_batches()
 
     def _update(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
@@ -439,14 +450,14 @@ class Trainer:
         that samples inside each update would), while the collector steps, stores and samples.
         """
         c = self.counters
-        action = self._actions(self._step)
+        action, on_device = self._actions(self._step)
         if self._collector is not None:
-            pending = self._collector.submit(self._collect, action)
+            pending = self._collector.submit(self._collect, action, on_device)
             self._metrics = self._update(self._batches) or self._metrics
             step, self._batches = pending.result()
         else:
             self._metrics = self._update(self._batches) or self._metrics
-            step, self._batches = self._collect(action)
+            step, self._batches = self._collect(action, on_device)
         live = ~step.first
         self._ep_return[live] += step.reward[live]
         self._finished.extend(float(r) for r in self._ep_return[step.last])
