@@ -126,22 +126,23 @@ def cuda_rng_entries(saved: Any) -> dict[int, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> list[int]:
-    """Restore the global RNGs; CUDA states only on a CUDA run, for the GPUs that exist here.
+    """Restore the global RNGs; a CUDA state only on a CUDA run, and only the run's own GPU's.
 
-    Another GPU count than the saving machine's is no error: states of GPUs that are not here are
-    skipped, and a CPU run touches no GPU. Returns the GPU indexes restored.
+    Another GPU count than the saving machine's is no error: a state for a GPU this run does not
+    use is skipped (restoring it would initialise that GPU), and a CPU run touches no GPU.
+    Returns the GPU indexes restored.
     """
     torch.set_rng_state(state["torch"])
     np.random.set_state(ckpt_io.numpy_rng_from_data(state["numpy"]))
     random.setstate(state["python"])
-    restored = []
-    if device is not None and device.type == "cuda":
-        count = torch.cuda.device_count()
-        for index, cuda_state in cuda_rng_entries(state.get("cuda")).items():
-            if 0 <= index < count:
-                torch.cuda.set_rng_state(torch.as_tensor(cuda_state).cpu(), index)
-                restored.append(index)
-    return restored
+    if device is None or device.type != "cuda":
+        return []
+    index = torch.cuda.current_device() if device.index is None else device.index
+    saved = cuda_rng_entries(state.get("cuda"))
+    if index not in saved or index >= torch.cuda.device_count():
+        return []
+    torch.cuda.set_rng_state(torch.as_tensor(saved[index]).cpu(), index)
+    return [index]
 
 
 @dataclasses.dataclass

@@ -95,17 +95,20 @@ def test_a_cpu_run_saves_and_restores_no_cuda_rng(monkeypatch):
     assert set_rng_state(state, CPU) == []
 
 
-@pytest.mark.parametrize("saved", [{0: CUDA_GENERATOR_STATE, 3: CUDA_GENERATOR_STATE},  # per device (now)
-                                   [CUDA_GENERATOR_STATE] * 4])  # get_rng_state_all's list (before)
-def test_cuda_rng_states_are_restored_where_they_fit(saved, monkeypatch):
-    """Another GPU count is no error: states of GPUs this machine lacks are skipped."""
+@pytest.mark.parametrize("saved,run_on,expected", [
+    ({0: CUDA_GENERATOR_STATE, 3: CUDA_GENERATOR_STATE}, 0, [0]),  # per device (now)
+    ([CUDA_GENERATOR_STATE] * 4, 1, [1]),  # get_rng_state_all's list (before issue 27), from 4 GPUs
+    ({3: CUDA_GENERATOR_STATE}, 0, []),  # saved on cuda:3 of a bigger machine
+    ([CUDA_GENERATOR_STATE] * 4, 5, []),  # a GPU index this machine lacks
+])
+def test_cuda_rng_states_are_restored_where_they_fit(saved, run_on, expected, monkeypatch):
+    """Another GPU count is no error; only the run's own GPU's state is set (no other GPU starts)."""
     calls = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, index: calls.append((index, s.numel())))
     state = {**rng_state(CPU), "cuda": saved}
-    restored = set_rng_state(state, torch.device("cuda", 0))
-    expected = [i for i in cuda_rng_entries(saved) if i < 2]
-    assert restored == expected and calls == [(i, 16) for i in expected]
+    assert set_rng_state(state, torch.device("cuda", run_on)) == expected
+    assert calls == [(i, 16) for i in expected] and len(cuda_rng_entries(saved)) == len(saved)
 
 
 def test_cuda_rng_is_saved_for_the_runs_own_gpu_only(monkeypatch):
