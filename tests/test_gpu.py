@@ -56,9 +56,10 @@ def test_the_cuda_graph_update_matches_eager_and_keeps_its_outputs(amp):
     for i in range(12):
         oe, og = eager.update(b), graphs.update(b)
         kept.append({k: v for k, v in og.items()})
-        if i >= 3:  # past warm-up and capture
-            for k in ("critic_loss", "q", "target_q"):
-                assert torch.allclose(oe[k], og[k], rtol=2e-2, atol=2e-2), (i, k, oe[k], og[k])
+        # compiled kernels sum in another order; bf16 rounds each order differently
+        rtol, atol = (1e-2, 1e-3) if amp is None else (1e-1, 1e-2)
+        for k in ("critic_loss", "q", "target_q"):
+            assert torch.allclose(oe[k], og[k], rtol=rtol, atol=atol), (i, k, oe[k], og[k])
     # outputs of earlier updates are still readable and their own (a replay would overwrite them)
     values = [float(m["critic_loss"]) for m in kept]
     assert len(set(values)) > 1 and all(np.isfinite(values))
