@@ -114,6 +114,31 @@ def _query_software_device() -> bool:
     return _SOFTWARE_DEVICE_EXTENSION in extensions.decode(errors="replace").split()
 
 
+NVIDIA_CAPABILITIES_ENV = "NVIDIA_DRIVER_CAPABILITIES"
+
+
+def software_render_warning(cuda: bool, software: bool, capabilities: str | None) -> str | None:
+    """The start-up warning for a GPU machine whose renders fall back to the CPU, else None.
+
+    NVIDIA's container runtime mounts its EGL driver only with the ``graphics`` capability;
+    without it EGL device 0 is Mesa llvmpipe, which renders on the CPU at ~50 frames/s. The run
+    works, slowly, so the user is told what to add. ``capabilities``: the environment's
+    ``NVIDIA_DRIVER_CAPABILITIES`` (None: unset, which the runtime reads as ``utility,compute``).
+    """
+    if not (cuda and software):
+        return None
+    caps = [c.strip() for c in (capabilities or "").split(",") if c.strip()]
+    if "graphics" in caps or "all" in caps:
+        cause = (f"{NVIDIA_CAPABILITIES_ENV}={capabilities} asks for graphics, yet no NVIDIA EGL device is "
+                 "first: check the driver's EGL files (libEGL_nvidia) are in the container")
+    else:
+        shown = "unset (utility,compute)" if capabilities is None else f"{capabilities!r}"
+        cause = (f"the NVIDIA driver capability `graphics` is missing ({NVIDIA_CAPABILITIES_ENV} is {shown}): "
+                 f"start the container with {NVIDIA_CAPABILITIES_ENV}=compute,utility,graphics (or all)")
+    return (f"warning: CUDA is here but EGL renders in software (Mesa llvmpipe, on the CPU, ~50 frames/s); "
+            f"{cause} to render on the GPU")
+
+
 def import_envpool():  # noqa: ANN201 - returns the envpool module
     """Import envpool only after EGL has been given its chance to load."""
     preload_egl()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ from pixel_ddpg.networks import build_networks, has_trunk
 from pixel_ddpg.noise import make_noise
 
 
+# torch.Generator.get_state() sizes: the device kind of checkpoints that do not record it.
+GENERATOR_KIND_BY_BYTES = {5056: "cpu", 16: "cuda"}
+GENERATOR_RESEED_STRIDE = 1_000_003  # reseed = seed * stride + updates: distinct per (seed, update)
 SATURATED = 0.99  # |a| above this share of the bound counts as a saturated action (train.csv: sat_frac)
 
 
@@ -140,8 +144,9 @@ class DDPGAgent:
             self.critic_opt = torch.optim.Adam(critic_params, lr=float(c.critic_lr), **fast)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
 
+        self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator.manual_seed(self.seed)
         self.noise = make_noise(c.noise, spec.action_dim, self.device, self.generator)
         self.updates = 0
         self._last_actor_loss = torch.full((), float("nan"), device=self.device)
@@ -149,9 +154,13 @@ class DDPGAgent:
         self._low = torch.as_tensor(np.asarray(spec.action_low, np.float32), device=self.device)
         self._high = torch.as_tensor(np.asarray(spec.action_high, np.float32), device=self.device)
 
+        # CUDA graphs (compile's reduce-overhead mode) replay each update's ~100 kernel launches as one;
+        # they overwrite a graph's outputs on its next replay, so outputs kept past an update are cloned.
+        self._graphs = bool(precision.cuda_graphs)
         if precision.compile:
-            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False)
-            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False)
+            mode = {"mode": "reduce-overhead"} if self._graphs else {}
+            self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False, **mode)
+            self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False, **mode)
             self._policy_fn = torch.compile(self._policy, dynamic=False)
         else:
             self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
@@ -163,6 +172,10 @@ class DDPGAgent:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        """A graph output that outlives this update: cloned under CUDA graphs, else as it is."""
+        return t.clone() if self._graphs else t
 
     def _set_train(self, mode: bool) -> None:
         for m in self._online:
@@ -297,6 +310,8 @@ class DDPGAgent:
         target_eps = (torch.randn(n, self.spec.action_dim, device=self.device, generator=g) * target_std
                       if target_std > 0 else None)
         self._set_train(True)
+        if self._graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # a new update: the last one's graph outputs may be reused
         critic_loss, q, target_q, feat, feat_norm = self._critic_loss_fn(
             batch.obs, batch.action, batch.reward, batch.discount, batch.next_obs, shifts, target_eps)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -313,13 +328,14 @@ class DDPGAgent:
             finally:
                 self.critic.requires_grad_(True)
             self._step(self.actor_opt)
-            self._last_actor_loss = actor_loss.detach()
-            self._last_pre_tanh, self._last_saturated = pre_tanh, saturated
+            self._last_actor_loss = self._keep(actor_loss.detach())
+            self._last_pre_tanh, self._last_saturated = self._keep(pre_tanh), self._keep(saturated)
             self.update_targets()
         if self.scaler is not None:
             self.scaler.update()
-        return {"critic_loss": critic_loss.detach(), "actor_loss": self._last_actor_loss, "q": q,
-                "target_q": target_q, "feat_norm": feat_norm, "pre_tanh": self._last_pre_tanh,
+        return {"critic_loss": self._keep(critic_loss.detach()), "actor_loss": self._last_actor_loss,
+                "q": self._keep(q), "target_q": self._keep(target_q), "feat_norm": self._keep(feat_norm),
+                "pre_tanh": self._last_pre_tanh,
                 "sat_frac": self._last_saturated}
 
     @torch.no_grad()
@@ -338,10 +354,35 @@ class DDPGAgent:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "noise": self.noise.state_dict(), "updates": self.updates, "generator": self.generator.get_state(),
-            "last_actor_loss": self._last_actor_loss.clone(),
+            "generator_device": self.device.type, "last_actor_loss": self._last_actor_loss.clone(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def reseed_generator(self) -> None:
+        """Seed the generator from (seed, updates): a saved state that cannot be restored here
+        (another device kind) still gives the same draws on every resume of that checkpoint."""
+        self.generator.manual_seed((self.seed * GENERATOR_RESEED_STRIDE + self.updates) % 2**63)
+
+    def _restore_generator(self, state: dict[str, Any]) -> str | None:
+        """Restore the generator when the checkpoint's came from this device kind, else reseed;
+        returns the warning to print in the second case.
+
+        A CPU generator's state is 5,056 bytes and a CUDA one's 16, so ``set_state`` across kinds
+        fails. Checkpoints written before ``generator_device`` was recorded are told apart by that
+        size."""
+        saved = torch.as_tensor(state["generator"]).cpu()  # map_location may have moved it
+        kind = state.get("generator_device") or GENERATOR_KIND_BY_BYTES.get(saved.numel(), "unknown")
+        if kind == self.device.type and saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+            return None
+        self.reseed_generator()
+        return (f"warning: the checkpoint's random generator was saved on {kind}, this run is on {self.device.type}: "
+                f"reseeded from (seed {self.seed}, update {self.updates:,}); augmentation and exploration draws "
+                "differ from an uninterrupted run on the original device")
+
+    def load_state_dict(self, state: dict[str, Any], generator: bool = True) -> None:
+        """Load everything :meth:`state_dict` saved. ``generator=False`` (evaluation: no draws
+        from it are ever made) leaves the generator as seeded; otherwise it is restored, or
+        reseeded with one warning line on stderr when it came from another device kind."""
         for name in ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic"):
             getattr(self, name).load_state_dict(state[name])
         self.actor_opt.load_state_dict(state["actor_opt"])
@@ -350,7 +391,10 @@ class DDPGAgent:
             self.scaler.load_state_dict(state["scaler"])
         self.noise.load_state_dict(state["noise"])
         self.updates = int(state["updates"])
-        self.generator.set_state(torch.as_tensor(state["generator"]).cpu())  # map_location may have moved it
+        if generator:
+            warning = self._restore_generator(state)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         self._last_actor_loss = torch.as_tensor(state["last_actor_loss"]).to(self.device).clone()
 
     def config_signature(self) -> dict[str, Any]:

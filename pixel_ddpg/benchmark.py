@@ -192,7 +192,8 @@ class Benchmark:
         # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
         self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile,
                                                       planned_updates=planned_updates(cfg),
-                                                      compile_min_updates=int(cfg.compile_min_updates))
+                                                      compile_min_updates=int(cfg.compile_min_updates),
+                                                      cuda_graphs=cfg.cuda_graphs)
         self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",
                                                 planned_updates=planned_updates(cfg),
                                                 compile_min_updates=int(cfg.compile_min_updates))
@@ -420,7 +421,8 @@ class Benchmark:
         runs, sizes = {}, {}
         for name in self.cfg.update_variants:
             amp, compiled = VARIANTS[name]
-            agent = self._agent(Precision(self.device, amp, compiled))
+            agent = self._agent(Precision(self.device, amp, compiled,
+                                          cuda_graphs=bool(compiled) and self.device.type == "cuda"))
             b = sizes[name] = batch_size or self.batch_size(agent)
             batches = [replay.sample(b) for _ in range(self.steps)]
 

@@ -39,7 +39,7 @@ HYDRA_CONFIG = ".hydra/config.yaml"  # what Hydra wrote there before that
 TMP_MARK = ".tmp-"  # in the name of a file being written: .<name>.tmp-<pid>
 
 # Config keys a resumed run may change; everything else must match the checkpoint.
-RESUMABLE_KEYS = ("total_frames", "device", "compile", "amp", "amp_dtype", "num_threads", "torch_threads", "log", "eval",
+RESUMABLE_KEYS = ("total_frames", "device", "compile", "cuda_graphs", "amp", "amp_dtype", "num_threads", "torch_threads", "log", "eval",
                   "checkpoint", "resume", "async_env", "replay.save_in_checkpoint")
 
 # What a version-1 file needs beyond plain data. Only ``convert`` allows these, and only while it reads.

@@ -8,8 +8,10 @@ pays back, and torch threads from the cores this process may use, leaving EnvPoo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sysconfig
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +65,29 @@ def cpu_compiler() -> str | None:
     return shutil.which(name.split()[0]) if name.strip() else None
 
 
+def triton_missing() -> list[str]:
+    """What Triton lacks here to build the launcher of a CUDA kernel ([] when nothing).
+
+    torch.compile on CUDA generates Triton kernels, and Triton compiles a small C launcher for
+    each with ``$CC`` (else clang, gcc or cc) against the Python headers (``Python.h``, found
+    through sysconfig). A slim container often has neither: the first compiled call would then
+    fail at start-up, so ``compile=auto`` checks first.
+    """
+    missing = []
+    if importlib.util.find_spec("triton") is None:
+        missing.append("the triton package (pip install triton)")
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        if shutil.which(cc.split()[0]) is None:
+            missing.append(f"the C compiler $CC={cc}")
+    elif not any(shutil.which(name) for name in ("clang", "gcc", "cc")):
+        missing.append("a C compiler (clang, gcc or cc; apt-get install gcc)")
+    include = sysconfig.get_paths().get("include") or ""
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        missing.append(f"the Python headers ({include or 'no include dir'}/Python.h; apt-get install python3-dev)")
+    return missing
+
+
 def usable_cores() -> int:
     """Cores this process may run on (``taskset``, cgroups cpusets), not the machine's count."""
     try:
@@ -79,6 +104,7 @@ class Precision:
     amp_dtype: torch.dtype | None
     compile: bool
     why: str = ""  # one line: what ``auto`` chose and on what grounds
+    cuda_graphs: bool = False  # the compiled update replays CUDA graphs (only ever with compile on CUDA)
 
     @property
     def needs_scaler(self) -> bool:
@@ -86,7 +112,8 @@ class Precision:
 
     def describe(self) -> str:
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
-        return f"{self.device}: {amp}, {'compiled' if self.compile else 'eager'} ({self.why})"
+        compiled = "compiled with CUDA graphs" if self.cuda_graphs else "compiled"
+        return f"{self.device}: {amp}, {compiled if self.compile else 'eager'} ({self.why})"
 
 
 def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tuple[bool, str]:
@@ -101,14 +128,16 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tu
 
 def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloat16", compile: object = "auto", *,
                       planned_updates: int | None = None, compile_min_updates: int = 0,
-                      flags: frozenset[str] | None = None) -> Precision:
-    """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA always, CPU when the run is long enough.
+                      flags: frozenset[str] | None = None, cuda_graphs: object = "auto") -> Precision:
+    """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA when Triton has what it needs
+    (:func:`triton_missing`), CPU when the run is long enough.
 
     On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
     (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
     updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
     count (None: unknown, compile). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
-    stays eager.
+    stays eager. ``cuda_graphs=auto``: on exactly when the update compiles on CUDA, where a small
+    update is bound by kernel launches; CUDA graphs do not exist on a CPU.
     """
     dev = resolve_device(device)
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -124,8 +153,10 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
         reasons.append(f"amp=auto: {evidence}")
     if use_compile is None:
         if dev.type == "cuda":
-            use_compile = True
-            reasons.append("compile=auto: on for CUDA")
+            missing = triton_missing()
+            use_compile = not missing
+            reasons.append("compile=auto: on for CUDA" if use_compile else
+                           f"compile=auto: eager, Triton cannot compile for CUDA here without {' and '.join(missing)}")
         elif cpu_compiler() is None:
             use_compile = False
             reasons.append(f"compile=auto: no C++ compiler ({os.environ.get('CXX') or 'g++'}) for torch.compile "
@@ -138,11 +169,19 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
             use_compile = True
             count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
             reasons.append(f"compile=auto: {count}compiled updates ran 1.2-1.8x faster on the CPUs measured")
+    elif use_compile and dev.type == "cuda" and (missing := triton_missing()):
+        raise UserError(f"compile=true on CUDA needs what Triton compiles with, and this machine lacks "
+                        f"{' and '.join(missing)}: install them, or use compile=auto or compile=false")
     elif use_compile and dev.type == "cpu" and cpu_compiler() is None:
         raise UserError(f"compile=true needs a C++ compiler for torch.compile on a CPU ({os.environ.get('CXX') or 'g++'} "
                         "not found): install g++, or use compile=auto or compile=false")
+    graphs = _switch(cuda_graphs, "cuda_graphs")
+    if graphs and not (use_compile and dev.type == "cuda"):
+        raise ConfigError(f"cuda_graphs=true needs compile on CUDA (here: device {dev}, compile "
+                          f"{'on' if use_compile else 'off'}); use cuda_graphs=auto or cuda_graphs=false")
+    graphs = bool(use_compile and dev.type == "cuda") if graphs is None else graphs
     return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
-                     why="; ".join(reasons) or "set explicitly")
+                     why="; ".join(reasons) or "set explicitly", cuda_graphs=graphs)
 
 
 def plan_threads(cores: int, env_threads: int) -> int:

@@ -215,7 +215,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             ckpt = src["checkpoint"]
             agent = make_agent(train_cfg.agent, env.spec, precision, seed)
             ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-            agent.load_state_dict(ckpt["agent"])
+            agent.load_state_dict(ckpt["agent"], generator=False)  # deterministic actions draw nothing
             policy = agent_policy(agent, precision.device)
             qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if q_record else None
         recorder = None

@@ -42,6 +42,7 @@ from envs.errors import ConfigError
 from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.config import UserError
+from pixel_ddpg.staging import HostStaging
 
 FIRST, TERMINATED, TRUNCATED = 1, 2, 4
 _GIB = 1024**3
@@ -249,7 +250,10 @@ class ReplayBuffer:
         gamma: float = 0.99,
         seed: int = 0,
         verbose: bool = True,
+        staging: bool | None = None,
     ) -> None:
+        """``staging``: copy host data in through reusable buffers with non-blocking copies (None:
+        on CUDA, where they are pinned; True on a CPU runs the same path for the tests)."""
         self.spec = spec
         self.device = torch.device(device)
         if isinstance(nstep, bool) or not isinstance(nstep, int) or nstep < 1:
@@ -281,9 +285,11 @@ class ReplayBuffer:
         self.frames = torch.empty((self.slots, n, *spec.frame_shape), dtype=frame_dtype, device=self.device)
         self.actions = torch.empty((self.slots, n, spec.action_dim), dtype=torch.float32, device=self.device)
         self.rewards = torch.empty((self.slots, n), dtype=torch.float32, device=self.device)
-        self._flags = np.zeros((self.slots, n), dtype=np.uint8)  # host copy for the index math
-        self.flags = torch.from_numpy(self._flags) if self.device.type == "cpu" else torch.zeros(
-            (self.slots, n), dtype=torch.uint8, device=self.device)
+        # The flags live on the host only: the index math reads them there, nothing on the device does.
+        self._flags = np.zeros((self.slots, n), dtype=np.uint8)
+        self.flags = torch.from_numpy(self._flags)
+        use_staging = self.device.type == "cuda" if staging is None else bool(staging)
+        self._staging = HostStaging(self.device) if use_staging else None
         if self.device.type == "cpu":
             _reserve(total)
             weakref.finalize(self, _release, total)
@@ -295,7 +301,7 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ sizes
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The storage, by name: everything this buffer allocated on its device."""
+        """The storage, by name: frames, actions and rewards on the device, the flags on the host."""
         return {"frames": self.frames, "actions": self.actions, "rewards": self.rewards, "flags": self.flags}
 
     def nbytes(self) -> int:
@@ -317,11 +323,13 @@ class ReplayBuffer:
         if action is None:
             if not first.all():
                 raise ValueError("add(step, action=None) is only for a reset, where every env's step is first")
-            act = torch.zeros((n, spec.action_dim), dtype=torch.float32)
+            act: np.ndarray | torch.Tensor = np.zeros((n, spec.action_dim), dtype=np.float32)
+        elif isinstance(action, torch.Tensor):
+            act = action.to(torch.float32)  # on the device already (the agent's): not uploaded again
         else:
-            act = torch.as_tensor(action, dtype=torch.float32)
-            if tuple(act.shape) != (n, spec.action_dim):
-                raise ValueError(f"action has shape {tuple(act.shape)}; expected {(n, spec.action_dim)}")
+            act = np.asarray(action, dtype=np.float32)
+        if tuple(act.shape) != (n, spec.action_dim):
+            raise ValueError(f"action has shape {tuple(act.shape)}; expected {(n, spec.action_dim)}")
         frame = obs[:, -self._new_channels :] if spec.pixels else obs
         flags = (
             first.astype(np.uint8) * FIRST
@@ -330,12 +338,19 @@ class ReplayBuffer:
         )
         reward = np.where(first, 0.0, np.asarray(step.reward, dtype=np.float32)).astype(np.float32)
         s = self.num_added % self.slots
-        self.frames[s].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
-        self.actions[s].copy_(act)
-        self.rewards[s].copy_(torch.from_numpy(reward))
+        st = self._staging
+        if st is None:
+            self.frames[s].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
+            self.actions[s].copy_(torch.as_tensor(act))
+            self.rewards[s].copy_(torch.from_numpy(reward))
+        else:
+            st.copy_into("frames", self.frames[s], frame)
+            if isinstance(act, torch.Tensor) and act.device == self.device:
+                self.actions[s].copy_(act)
+            else:
+                st.copy_into("actions", self.actions[s], act)
+            st.copy_into("rewards", self.rewards[s], reward)
         self._flags[s] = flags
-        if self.device.type != "cpu":
-            self.flags[s].copy_(torch.from_numpy(flags))
         self.num_added += 1
 
     # ------------------------------------------------------------------ sampling
@@ -417,15 +432,14 @@ class ReplayBuffer:
         u = np.arange(span * self.num_envs)
         return int(self._window(lo + u // self.num_envs, u % self.num_envs)["valid"].sum())
 
-    def sample(self, batch_size: int) -> Batch:
-        """``batch_size`` transitions drawn uniformly (with replacement) from the valid ones."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
+    def _indices(self, batch_size: int) -> tuple[np.ndarray, ...]:
+        """One batch's draw and index math on the host: flat frame indexes (2B*K: the stacks of
+        obs, then of next_obs), reward slots (B, n) and their weights, action slots, discounts."""
         tau, env, w = self._draw(batch_size)
         S, N, K, n = self.slots, self.num_envs, self.frame_stack, self.nstep
         k, rows = w["k"], np.arange(batch_size)
         step_idx = ((tau[:, None] + np.arange(1, n + 1)[None, :]) % S) * N + env[:, None]  # slots tau+1..tau+n
-        weights = w["inc"] * self._powers  # gamma^j for the steps summed, 0 past the episode's end
+        weights = (w["inc"] * self._powers).astype(np.float32)  # gamma^j for the steps summed, 0 past the end
         terminated = w["term"][rows, K - 1 + k]
         discount = np.where(terminated, 0.0, self._powers[k - 1] * self.gamma).astype(np.float32)
         # next stack at tau+k: nearest episode start among tau+k-m (m < K), from the same window
@@ -434,20 +448,46 @@ class ReplayBuffer:
         next_off = np.where(next_first, m, K).min(axis=1)
         frames_idx = np.concatenate([self._stack_index(tau, env, w["first_off"]),
                                      self._stack_index(tau + k, env, next_off)])
-        dev = self.device
+        return frames_idx.reshape(-1), step_idx, weights, ((tau + 1) % S) * N + env, discount
 
-        def put(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(a).to(dev, non_blocking=True)
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` transitions drawn uniformly (with replacement) from the valid ones."""
+        return self.sample_many(batch_size, 1)[0]
 
+    def sample_many(self, batch_size: int, count: int) -> list[Batch]:
+        """``count`` batches, each as :meth:`sample` would draw it in turn (the same random stream,
+        so the same batches), with their indexes sent to the device in one upload and gathered
+        by one ``index_select`` per storage tensor: the batches an iteration's updates learn from."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        if count < 1:
+            return []
+        S, N, n, B = self.slots, self.num_envs, self.nstep, batch_size
+        parts = [self._indices(B) for _ in range(count)]
+        ints = np.concatenate([np.concatenate([p[0], p[1].reshape(-1), p[3]]) for p in parts]).astype(np.int64)
+        floats = np.concatenate([np.concatenate([p[2].reshape(-1), p[4]]) for p in parts]).astype(np.float32)
+        n_ints, n_floats = len(ints), len(floats)
+        if n_floats % 2:
+            floats = np.append(floats, np.float32(0))
+        packed = np.concatenate([ints, floats.view(np.int64)])  # one array: one host-to-device copy
+        dev_packed = (torch.from_numpy(packed).to(self.device) if self._staging is None
+                      else self._staging.upload("indices", packed))
+        per_ints = len(parts[0][0]) + B * n + B
+        ints_dev = dev_packed[:n_ints].view(count, per_ints)
+        floats_dev = dev_packed[n_ints:].view(torch.float32)[:n_floats].view(count, B * n + B)
+        frames_idx, step_idx, action_idx = ints_dev.split([len(parts[0][0]), B * n, B], dim=1)
+        weights, discount = floats_dev.split([B * n, B], dim=1)
         # index_select copies whole rows; advanced indexing went element by element (8x slower on CPU)
         flat = self.frames.view(S * N, *self.spec.frame_shape)
-        frames = torch.index_select(flat, 0, put(frames_idx.reshape(-1)))  # (2B * K, *frame)
+        frames = torch.index_select(flat, 0, frames_idx.reshape(-1))  # (count * 2B * K, *frame)
         if self.spec.pixels:
-            frames = frames.view(2 * batch_size, -1, *self.spec.frame_shape[1:])
-        reward = (self.rewards.view(-1)[put(step_idx)] * put(weights.astype(np.float32))).sum(dim=1)
-        action = torch.index_select(self.actions.view(S * N, -1), 0, put(((tau + 1) % S) * N + env))
-        return Batch(obs=frames[:batch_size], action=action, reward=reward, discount=put(discount),
-                     next_obs=frames[batch_size:])
+            frames = frames.view(count * 2 * B, -1, *self.spec.frame_shape[1:])
+        reward = (self.rewards.view(-1)[step_idx.reshape(count * B, n)] * weights.reshape(count * B, n)).sum(dim=1)
+        action = torch.index_select(self.actions.view(S * N, -1), 0, action_idx.reshape(-1))
+        discount = discount.reshape(-1)
+        return [Batch(obs=frames[2 * B * i: 2 * B * i + B], action=action[B * i: B * (i + 1)],
+                      reward=reward[B * i: B * (i + 1)], discount=discount[B * i: B * (i + 1)],
+                      next_obs=frames[2 * B * i + B: 2 * B * (i + 1)]) for i in range(count)]
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

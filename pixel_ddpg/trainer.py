@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import signal
 import time
@@ -20,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
-from envs.egl import software_rendering
+from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
@@ -30,6 +31,7 @@ from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usa
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
+from pixel_ddpg.staging import HostStaging
 
 EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episodes
 # Ctrl-C, kill, and SLURM's warning before a job's time limit (submitit asks for SIGUSR2 120 s
@@ -99,21 +101,48 @@ def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
     return int(frames / int(cfg.obs.action_repeat) * updates_per_step(cfg))
 
 
-def rng_state() -> dict[str, Any]:
-    """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only.
+
+    CUDA's RNG is saved only for the run's own GPU, by index (``{"cuda": {index: state}}``):
+    ``get_rng_state_all`` would initialise CUDA on every visible GPU, from a CPU run too.
+    """
     state = {"torch": torch.get_rng_state(), "numpy": ckpt_io.numpy_rng_to_data(np.random.get_state()),
              "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        state["cuda"] = {int(index): torch.cuda.get_rng_state(index)}
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def cuda_rng_entries(saved: Any) -> dict[int, torch.Tensor]:
+    """A checkpoint's CUDA RNG states by GPU index: ``{index: state}``, or the list that
+    ``get_rng_state_all`` gave in checkpoints written before the per-device form."""
+    if saved is None:
+        return {}
+    if isinstance(saved, dict):
+        return {int(k): v for k, v in saved.items()}
+    return dict(enumerate(saved))
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> list[int]:
+    """Restore the global RNGs; a CUDA state only on a CUDA run, and only the run's own GPU's.
+
+    Another GPU count than the saving machine's is no error: a state for a GPU this run does not
+    use is skipped (restoring it would initialise that GPU), and a CPU run touches no GPU.
+    Returns the GPU indexes restored.
+    """
     torch.set_rng_state(state["torch"])
     np.random.set_state(ckpt_io.numpy_rng_from_data(state["numpy"]))
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return []
+    index = torch.cuda.current_device() if device.index is None else device.index
+    saved = cuda_rng_entries(state.get("cuda"))
+    if index not in saved or index >= torch.cuda.device_count():
+        return []
+    torch.cuda.set_rng_state(torch.as_tensor(saved[index]).cpu(), index)
+    return [index]
 
 
 @dataclasses.dataclass
@@ -156,8 +185,10 @@ class Trainer:
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
         self.precision: Precision = resolve_precision(
             cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
-            compile_min_updates=int(cfg.get("compile_min_updates", 0)))  # absent from older checkpoints' configs
+            compile_min_updates=int(cfg.get("compile_min_updates", 0)),  # absent from older checkpoints' configs
+            cuda_graphs=cfg.get("cuda_graphs", "auto"))
         self.device = self.precision.device
+        self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
         self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
         self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         torch.manual_seed(cfg.seed)
@@ -201,6 +232,10 @@ class Trainer:
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")
         if self.env.notice:
             self.log.progress.write(self.env.notice)
+        render_warning = (self.settings.pixels and self.settings.backend == "envpool" and software_render_warning(
+            torch.cuda.is_available(), software_rendering(), os.environ.get(NVIDIA_CAPABILITIES_ENV)))
+        if render_warning:
+            self.log.progress.write(render_warning)
         if (self.settings.pixels and self.settings.render == "standard" and self.settings.backend == "envpool"
                 and software_rendering()):
             from pixel_ddpg.benchmark import render_cost
@@ -222,7 +257,7 @@ class Trainer:
         if ckpt.get("replay") is not None:
             self.replay.load_state_dict(ckpt["replay"])
             self._owe_the_reset_step()
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.device)
         self.rng.bit_generator.state = ckpt["np_generator"]
 
     def _owe_the_reset_step(self) -> None:
@@ -252,7 +287,7 @@ class Trainer:
             "agent": self.agent.state_dict(),
             "replay": self.replay.state_dict() if save_replay else None,
             "counters": {**dataclasses.asdict(self.counters), "update_credit": self._credit_before_draw},
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "np_generator": self.rng.bit_generator.state,
             "provenance": provenance.current(),
         }
@@ -311,19 +346,27 @@ class Trainer:
         self._finite_frame = frame
 
     # ------------------------------------------------------------------ the loop
-    def _actions(self, step: EnvStep) -> np.ndarray:
+    def _upload(self, name: str, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device: through a pinned buffer with a non-blocking copy on CUDA."""
+        if self._staging is None:
+            return torch.as_tensor(array, device=self.device)
+        return self._staging.upload(name, array)
+
+    def _actions(self, step: EnvStep) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The actions for the envs (host) and, once the agent acts, the same actions on the
+        device, which the replay stores as they are instead of uploading the host copy again."""
         if self.counters.frame < int(self.cfg.warmup_frames):
-            return self.spec.random_actions(self.rng)
-        obs = torch.as_tensor(step.obs, device=self.device)
-        first = torch.as_tensor(step.first, device=self.device)
+            return self.spec.random_actions(self.rng), None
+        obs = self._upload("obs", step.obs)
+        first = self._upload("first", step.first)
         with torch.no_grad():
-            action = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
-        action = action.float().cpu().numpy()
+            on_device = self.agent.act(obs, explore=True, first=first, frame=self.counters.frame)
+        action = on_device.float().cpu().numpy()
         if not np.isfinite(action).all():  # on the host already: no extra sync
             self.check_finite()  # names the loss or weight that made it so
             raise NonFiniteError(f"non-finite action at frame {self.counters.frame:,} from finite weights (a non-finite "
                                  f"observation?); the run stopped and saved nothing; {self.last_good()}")
-        return action
+        return action, on_device
 
     def _updates_due(self) -> int:
         # Steps held, not transitions: the reset step alone is none, so also wait for n more.
@@ -339,9 +382,9 @@ class Trainer:
         """The batches the next iteration's updates will learn from, sampled now (a checkpoint
         keeps the update credit from before this draw: see :meth:`checkpoint_state`)."""
         self._credit_before_draw = self.counters.update_credit
-        return [self.replay.sample(self.batch_size) for _ in range(self._updates_due())]
+        return self.replay.sample_many(self.batch_size, self._updates_due())
 
-    def _collect(self, action: np.ndarray) -> tuple[EnvStep, list[Batch]]:
+    def _collect(self, action: np.ndarray, on_device: torch.Tensor | None = None) -> tuple[EnvStep, list[Batch]]:
         """Everything but learning: step the envs, store the step, sample the next batches.
 
         With ``async_env`` this runs on the collector thread while the learner updates, so on a
@@ -350,7 +393,7 @@ class Trainer:
         both modes sample the same batches.
         """
         step = self.env.step(action)
-        self.replay.add(step, action)
+        self.replay.add(step, action if on_device is None else on_device)
         return step, self._draw_batches()
 
     def _update(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
@@ -412,14 +455,14 @@ class Trainer:
         that samples inside each update would), while the collector steps, stores and samples.
         """
         c = self.counters
-        action = self._actions(self._step)
+        action, on_device = self._actions(self._step)
         if self._collector is not None:
-            pending = self._collector.submit(self._collect, action)
+            pending = self._collector.submit(self._collect, action, on_device)
             self._metrics = self._update(self._batches) or self._metrics
             step, self._batches = pending.result()
         else:
             self._metrics = self._update(self._batches) or self._metrics
-            step, self._batches = self._collect(action)
+            step, self._batches = self._collect(action, on_device)
         live = ~step.first
         self._ep_return[live] += step.reward[live]
         self._finished.extend(float(r) for r in self._ep_return[step.last])

@@ -28,7 +28,10 @@ def pixel_run(tmp_path_factory) -> Path:
 
 
 def evaluate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pixel_ddpg.evaluate", *args], cwd=ROOT, capture_output=True,
+    """evaluate on the CPU the test runs trained on, unless a test names the device: with the
+    config's ``device: auto`` a GPU machine would evaluate elsewhere (tests/test_cross_device.py)."""
+    pin = [] if any(a.startswith("device=") for a in args) else ["device=cpu"]
+    return subprocess.run([sys.executable, "-m", "pixel_ddpg.evaluate", *args, *pin], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
