@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -165,6 +168,62 @@ class DDPGAgent:
         else:
             self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
                 self._critic_loss, self._actor_loss, self._policy)
+
+    # ------------------------------------------------------------------ compiled or eager
+    def time_compiled_and_eager(self, rounds: int = 4, pair: int = 2,
+                                clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
+        """Seconds per update, compiled and eager, on a synthetic batch of this learner's shapes;
+        the agent is left exactly as it was (weights, optimizers, statistics, generator, counter).
+
+        On a CPU compiling is not always faster: the paper update ran 1.2-1.8x faster compiled on an
+        AMX Xeon and an AVX2-only machine, and the default learner's 0.92x on an AVX2 EPYC
+        (docs/benchmarks.md), so ``compile=auto`` times both on the machine it runs on. Rounds
+        alternate the two (each times ``pair`` updates, an actor step included when
+        ``actor_delay`` is 2) and the fastest round of each counts: another process taking the
+        core for a moment slows a round, never speeds one up.
+        """
+        compiled = (self._critic_loss_fn, self._actor_loss_fn, self._policy_fn)
+        eager = (self._critic_loss, self._actor_loss, self._policy)
+        saved = copy.deepcopy(self.state_dict())
+        last = (self._last_actor_loss, self._last_pre_tanh, self._last_saturated)
+        n, g = self.batch_size, torch.Generator(device=self.device).manual_seed(0)
+        if self.pixels:
+            obs = torch.randint(0, 256, (2, n, *self.spec.obs_shape), device=self.device, dtype=torch.uint8, generator=g)
+        else:
+            obs = torch.randn(2, n, *self.spec.obs_shape, device=self.device, generator=g)
+        action = torch.rand(n, self.spec.action_dim, device=self.device, generator=g) * 2 - 1
+        batch = Batch(obs[0], action, torch.rand(n, device=self.device, generator=g),
+                      torch.full((n,), 0.97, device=self.device), obs[1])
+        best = {True: float("inf"), False: float("inf")}
+        try:
+            for fns in (compiled, eager):  # warm-up: compiles, and allocates what each path keeps
+                self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = fns
+                for _ in range(pair):
+                    self.update(batch)
+            for _ in range(rounds):
+                for is_compiled, fns in ((True, compiled), (False, eager)):
+                    self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = fns
+                    self._sync()
+                    start = clock()
+                    for _ in range(pair):
+                        self.update(batch)
+                    self._sync()
+                    best[is_compiled] = min(best[is_compiled], (clock() - start) / pair)
+        finally:
+            self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = compiled
+            self.load_state_dict(saved)
+            self._last_actor_loss, self._last_pre_tanh, self._last_saturated = last
+        return best[True], best[False]
+
+    def use_eager(self) -> None:
+        """Run updates and acting without torch.compile from now on."""
+        self.precision = dataclasses.replace(self.precision, compile=False, timed=False)
+        self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
+            self._critic_loss, self._actor_loss, self._policy)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> contextlib.AbstractContextManager:

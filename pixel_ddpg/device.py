@@ -12,7 +12,7 @@ import importlib.util
 import os
 import shutil
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,6 +21,7 @@ from pixel_ddpg.config import UserError
 
 _SWITCH = {"auto": None, True: True, False: False, "true": True, "false": False}
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bf16 math
+TIMED_AT_START = "compiled and eager updates to be timed at start-up"  # replaced by the figures
 MAX_AUTO_TORCH_THREADS = 16  # plan_threads' cap: a guard, unmeasured past 2 cores
 
 
@@ -105,6 +106,14 @@ class Precision:
     compile: bool
     why: str = ""  # one line: what ``auto`` chose and on what grounds
     cuda_graphs: bool = False  # the compiled update replays CUDA graphs (only ever with compile on CUDA)
+    timed: bool = False  # compile=auto on a CPU: the trainer times both at start-up and keeps the faster
+
+    def after_timing(self, compiled_s: float, eager_s: float) -> Precision:
+        """The precision the start-up timing chose (``timed``), with its figures in ``why``."""
+        keep = compiled_s < eager_s
+        figures = (f"timed here: compiled {1 / compiled_s:.2f}, eager {1 / eager_s:.2f} updates/s, so "
+                   f"{'compiled' if keep else 'eager'}")
+        return replace(self, compile=keep, timed=False, why=self.why.replace(TIMED_AT_START, figures))
 
     @property
     def needs_scaler(self) -> bool:
@@ -133,9 +142,11 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     (:func:`triton_missing`), CPU when the run is long enough.
 
     On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
-    (AMX Xeon, AVX2 EPYC; docs/benchmarks.md), so it pays back only past a few thousand
-    updates: ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's
-    count (None: unknown, compile). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
+    (AMX Xeon, AVX2 EPYC) but the default learner's 0.92x as fast on another AVX2 EPYC
+    (docs/benchmarks.md), so it pays back, if at all, only past a few thousand updates:
+    ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's count
+    (None: unknown, compile); above it the returned precision is ``timed``, and the trainer
+    times compiled against eager updates on this machine (``DDPGAgent.time_compiled_and_eager``). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
     stays eager. ``cuda_graphs=auto``: on exactly when the update compiles on CUDA, where a small
     update is bound by kernel launches; CUDA graphs do not exist on a CPU.
     """
@@ -145,7 +156,7 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
         raise ConfigError(f"amp_dtype={amp_dtype!r} must be one of {list(dtypes)}")
     use_amp = _switch(amp, "amp")
     use_compile = _switch(compile, "compile")
-    reasons = []
+    reasons, timed = [], False
     if use_amp is None:
         native, evidence = native_bf16(dev, flags)
         # fp16 has no native CPU path; on CUDA it is the user's explicit dtype choice
@@ -166,9 +177,11 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
             reasons.append(f"compile=auto: {planned_updates:,} updates planned, under the "
                            f"{compile_min_updates:,} that repay ~30 s of compiling")
         else:
-            use_compile = True
+            # Compiled updates ran 1.2-1.8x faster on some CPUs and 0.92x on another (docs/benchmarks.md):
+            # compile, and let the trainer time both on this machine before the first update.
+            use_compile, timed = True, True
             count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
-            reasons.append(f"compile=auto: {count}compiled updates ran 1.2-1.8x faster on the CPUs measured")
+            reasons.append(f"compile=auto: {count}{TIMED_AT_START}")
     elif use_compile and dev.type == "cuda" and (missing := triton_missing()):
         raise UserError(f"compile=true on CUDA needs what Triton compiles with, and this machine lacks "
                         f"{' and '.join(missing)}: install them, or use compile=auto or compile=false")
@@ -181,7 +194,7 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
                           f"{'on' if use_compile else 'off'}); use cuda_graphs=auto or cuda_graphs=false")
     graphs = bool(use_compile and dev.type == "cuda") if graphs is None else graphs
     return Precision(device=dev, amp_dtype=dtypes[str(amp_dtype)] if use_amp else None, compile=bool(use_compile),
-                     why="; ".join(reasons) or "set explicitly", cuda_graphs=graphs)
+                     why="; ".join(reasons) or "set explicitly", cuda_graphs=graphs, timed=timed)
 
 
 def plan_threads(cores: int, env_threads: int) -> int:

@@ -203,6 +203,10 @@ class Trainer:
         self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed,
                                                 capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
         self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
+        if self.precision.timed:  # compile=auto on a CPU: keep whichever update is faster on this machine
+            self.precision = self.precision.after_timing(*self.agent.time_compiled_and_eager())
+            if not self.precision.compile:
+                self.agent.use_eager()
         self.batch_size = int(self.agent.batch_size)
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
         self.updates_per_step = updates_per_step(cfg)

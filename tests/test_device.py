@@ -107,3 +107,75 @@ def test_openmp_waits_passively_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, cwd=root,
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+# ------------------------------------------------------------------ compile=auto times both on a CPU
+def test_compile_auto_on_a_long_cpu_run_is_decided_by_timing_on_this_machine():
+    p = resolve_precision("cpu", "false", compile="auto", planned_updates=330_000, compile_min_updates=10_000,
+                          flags=EPYC_AVX2)
+    if device.cpu_compiler() is None:
+        pytest.skip("no C++ compiler: compile=auto stays eager without timing")
+    assert p.timed and p.compile and "timed at start-up" in p.why
+    slower = p.after_timing(compiled_s=0.22, eager_s=0.20)   # the default learner on an AVX2 EPYC: 0.92x
+    assert not slower.compile and not slower.timed
+    assert "compiled 4.55, eager 5.00 updates/s, so eager" in slower.why and "amp=" not in slower.why
+    faster = p.after_timing(compiled_s=0.10, eager_s=0.17)
+    assert faster.compile and "so compiled" in faster.why
+    assert not resolve_precision("cpu", "false", compile="true").timed   # explicit choices are kept
+    assert not resolve_precision("cpu", "false", compile="auto", planned_updates=5, compile_min_updates=10).timed
+
+
+def _small_agent(seed: int = 0):
+    import numpy as np
+
+    from envs.pool import EnvSpec
+    from pixel_ddpg.agent import make_agent
+    from pixel_ddpg.config import compose
+
+    cfg = compose(["agent.batch_size=8", "agent.pixel_hidden=[32,32]", "agent.encoder.feature_dim=16"])
+    spec = EnvSpec((9, 16, 16), np.dtype(np.uint8), (9, 16, 16), 1, 2, -np.ones(2, np.float32),
+                   np.ones(2, np.float32), 2, 1, 100)
+    return make_agent(cfg.agent, spec, device.Precision(torch.device("cpu"), None, False), seed)
+
+
+def test_timing_leaves_the_agent_as_it_was():
+    """The default learner (twin Q, delayed actor, shift, noise) timed, then trained: the same updates
+    as a twin that was never timed, bit for bit."""
+    from pixel_ddpg.batch import Batch
+
+    timed, untouched = _small_agent(), _small_agent()
+    compiled_s, eager_s = timed.time_compiled_and_eager(rounds=2)
+    assert 0 < compiled_s < float("inf") and 0 < eager_s < float("inf")
+    assert timed.updates == 0
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randint(0, 256, (2, 8, 9, 16, 16), dtype=torch.uint8, generator=g)
+    batch = Batch(obs[0], torch.rand(8, 2, generator=g) * 2 - 1, torch.rand(8, generator=g), torch.full((8,), 0.97), obs[1])
+    for _ in range(3):
+        a, b = timed.update(batch, frame=5000), untouched.update(batch, frame=5000)
+        for k in a:
+            assert torch.equal(a[k], b[k]) or (torch.isnan(a[k]) and torch.isnan(b[k])), k
+    sa, sb = timed.state_dict(), untouched.state_dict()
+    for name in ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic"):
+        assert all(torch.equal(sa[name][k], sb[name][k]) for k in sa[name]), name
+    first = torch.zeros(8, dtype=torch.bool)
+    assert torch.equal(timed.act(obs[0], explore=True, first=first, frame=7), untouched.act(obs[0], explore=True, first=first, frame=7))
+
+
+def test_the_trainer_keeps_eager_when_compiled_updates_time_slower(tmp_path, monkeypatch):
+    from pixel_ddpg.agent import DDPGAgent
+    from pixel_ddpg.config import compose
+    from pixel_ddpg.trainer import Trainer
+
+    if device.cpu_compiler() is None:
+        pytest.skip("no C++ compiler: compile=auto stays eager without timing")
+    monkeypatch.setattr(DDPGAgent, "time_compiled_and_eager", lambda self: (0.25, 0.20))
+    cfg = compose(["env=cartpole_balance", "env.episode_sim_steps=16", "obs.image_size=16", "num_envs=1",
+                   "total_frames=16", "device=cpu", "compile=auto", "compile_min_updates=0", "amp=false",
+                   "replay.capacity=100", "log.tensorboard=false"])
+    trainer = Trainer(cfg, tmp_path)
+    try:
+        assert not trainer.precision.compile and not trainer.agent.precision.compile
+        assert trainer.agent._critic_loss_fn == trainer.agent._critic_loss  # the eager method, not a compiled wrapper
+        assert "compiled 4.00, eager 5.00 updates/s, so eager" in trainer.precision.describe()
+    finally:
+        trainer.close()
