@@ -176,7 +176,7 @@ class DDPGAgent:
         the agent is left exactly as it was (weights, optimizers, statistics, generator, counter).
 
         On a CPU compiling is not always faster: the paper update ran 1.2-1.8x faster compiled on an
-        AMX Xeon and an AVX2-only machine, and the default learner's 0.92x on an AVX2 EPYC
+        AMX Xeon and an AVX2-only machine, and a batch-128 twin-Q update 0.92x on an AVX2 EPYC
         (docs/benchmarks.md), so ``compile=auto`` times both on the machine it runs on. Rounds
         alternate the two (each times ``pair`` updates, an actor step included when
         ``actor_delay`` is 2) and the fastest round of each counts: another process taking the

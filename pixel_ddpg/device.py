@@ -142,7 +142,7 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     (:func:`triton_missing`), CPU when the run is long enough.
 
     On a CPU, compiling costs ~30 s up front and then ran the paper update 1.2-1.8x faster
-    (AMX Xeon, AVX2 EPYC) but the default learner's 0.92x as fast on another AVX2 EPYC
+    (AMX Xeon, AVX2 EPYC) but a batch-128 twin-Q update 0.92x as fast on another AVX2 EPYC
     (docs/benchmarks.md), so it pays back, if at all, only past a few thousand updates:
     ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's count
     (None: unknown, compile); above it the returned precision is ``timed``, and the trainer
