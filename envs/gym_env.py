@@ -215,9 +215,5 @@ class GymVecEnv(VecEnv):
         frames = self._vec.call("render")
         return np.stack([_resize(frames[int(i)], size, self.settings.task_id) for i in np.asarray(env_ids)])
 
-    def close(self) -> None:
-        self._wait_pending()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+    def _close_backend(self) -> None:
         self._vec.close()

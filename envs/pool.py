@@ -256,6 +256,10 @@ class VecEnv:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._close_backend()
+
+    def _close_backend(self) -> None:
+        """Close what steps the envs (here EnvPool's pool; a subclass's own vector env)."""
         self._pool.close()
 
     def __enter__(self) -> VecEnv:
