@@ -212,6 +212,10 @@ class Trainer:
         self.updates_per_step = updates_per_step(cfg)
         self.eval_env: VecEnv | None = None
         self._collector: ThreadPoolExecutor | None = None
+        # On CUDA the collector's copies and gathers run on a stream of their own, so they overlap
+        # the learner's kernels instead of queueing behind them on the default stream.
+        self._collect_stream: torch.cuda.Stream | None = None
+        self._learner_stream: torch.cuda.Stream | None = None
         if resume is not None:
             self._restore(resume)
         else:
@@ -400,6 +404,30 @@ class Trainer:
         self.replay.add(step, action if on_device is None else on_device)
         return step, self._draw_batches()
 
+    def _collect_on_stream(self, action: np.ndarray, on_device: torch.Tensor | None,
+                           acted: torch.cuda.Event) -> tuple[EnvStep, list[Batch], torch.cuda.Event]:
+        """:meth:`_collect` on the collector's CUDA stream; returns an event the learner's stream waits
+        on before it reads the batches (a device-side wait: the host does not block).
+
+        ``acted`` marks the learner's stream after acting, so the stored actions are complete
+        without the collector waiting for the updates queued after them. Tensors made on one
+        stream and read on the other are recorded on it, so that the caching allocator does not
+        hand their memory out again while the other stream may still read it.
+        """
+        stream, learner = self._collect_stream, self._learner_stream
+        assert stream is not None and learner is not None
+        stream.wait_event(acted)
+        with torch.cuda.stream(stream):
+            if on_device is not None:
+                on_device.record_stream(stream)
+            step, batches = self._collect(action, on_device)
+            for batch in batches:
+                for t in batch:
+                    t.record_stream(learner)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return step, batches, done
+
     def _update(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         metrics = None
         for batch in batches:
@@ -451,6 +479,9 @@ class Trainer:
         self._metrics: dict[str, torch.Tensor] | None = None
         if bool(self.cfg.async_env) and self._collector is None:
             self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector")
+            if self.device.type == "cuda":
+                self._learner_stream = torch.cuda.current_stream(self.device)
+                self._collect_stream = torch.cuda.Stream(self.device)
 
     def iteration(self) -> None:
         """One agent step of every env, with the updates it is owed: act → step → store → update.
@@ -460,7 +491,14 @@ class Trainer:
         """
         c = self.counters
         action, on_device = self._actions(self._step)
-        if self._collector is not None:
+        if self._collect_stream is not None:
+            acted = torch.cuda.Event()
+            acted.record(self._learner_stream)
+            pending = self._collector.submit(self._collect_on_stream, action, on_device, acted)
+            self._metrics = self._update(self._batches) or self._metrics
+            step, self._batches, collected = pending.result()
+            self._learner_stream.wait_event(collected)
+        elif self._collector is not None:
             pending = self._collector.submit(self._collect, action, on_device)
             self._metrics = self._update(self._batches) or self._metrics
             step, self._batches = pending.result()
@@ -583,6 +621,7 @@ class Trainer:
         if self._collector is not None:
             self._collector.shutdown(wait=True)
             self._collector = None
+            self._collect_stream = self._learner_stream = None
         self.env.close()
         if self.eval_env is not None:
             self.eval_env.close()

@@ -11,7 +11,7 @@ from pixel_ddpg.device import Precision, resolve_precision
 from pixel_ddpg.replay import ReplayBuffer
 from pixel_ddpg.staging import HostStaging
 from tests.test_agent import agent, batch, spec
-from tests.test_hot_path import make_spec, steps
+from tests.test_hot_path import assert_async_loop_is_the_sync_loop, make_spec, steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -70,3 +70,11 @@ def test_compiled_acting_on_cuda_stays_within_bounds():
     obs = torch.randint(0, 256, (4, *spec().obs_shape), dtype=torch.uint8, device=CUDA)
     act = a.act(obs, explore=True)
     assert act.dtype == torch.float32 and act.abs().max() <= 1.0
+
+
+
+def test_the_collector_stream_gives_the_synchronous_loops_numbers(tmp_path):
+    """The collector steps, stores and samples on its own CUDA stream while the learner updates on
+    the default one; the events between them must order every read after its write."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    assert_async_loop_is_the_sync_loop(tmp_path, "cuda")

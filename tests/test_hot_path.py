@@ -116,3 +116,40 @@ def test_the_cuda_graph_update_path_gives_the_eager_numbers_on_cpu():
         for k in oa:
             assert torch.equal(oa[k], og[k]) or (oa[k].isnan() and og[k].isnan())
     assert kept[0]["critic_loss"].data_ptr() != kept[1]["critic_loss"].data_ptr()  # each update's own copy
+
+
+def assert_async_loop_is_the_sync_loop(tmp_path, device: str) -> None:
+    """40 agent steps with updates, once with the collector thread (and on CUDA its own stream) and
+    once without: the same replay contents and the same weights, bit for bit."""
+    from pixel_ddpg.config import compose
+    from pixel_ddpg.trainer import AGENT_MODULES, Trainer
+
+    base = ["env=cartpole_balance", "env.episode_sim_steps=64", "obs.image_size=16", "num_envs=2", "render=fast",
+            "agent.batch_size=8", "warmup_frames=32", f"device={device}", "compile=false", "amp=false",
+            "replay.capacity=400", "log.tensorboard=false", "log.progress=false"]
+    runs = []
+    for mode in ("true", "false"):
+        (tmp_path / mode).mkdir()
+        trainer = Trainer(compose([*base, f"async_env={mode}"]), tmp_path / mode)
+        try:
+            trainer.start()
+            assert (trainer._collect_stream is not None) == (mode == "true" and device == "cuda")
+            for _ in range(40):
+                trainer.iteration()
+            assert trainer.agent.updates > 10
+            written = trainer.replay.num_added
+            stored = {k: v[:written].cpu() for k, v in trainer.replay.tensors().items()}
+            weights = {f"{m}.{n}": p.detach().cpu() for m in AGENT_MODULES
+                       for n, p in getattr(trainer.agent, m).named_parameters()}
+            runs.append((stored, weights))
+        finally:
+            trainer.close()
+    (stored_a, weights_a), (stored_s, weights_s) = runs
+    for k in stored_s:
+        assert torch.equal(stored_a[k], stored_s[k]), k
+    for k in weights_s:
+        assert torch.equal(weights_a[k], weights_s[k]), k
+
+
+def test_the_collector_thread_gives_the_synchronous_loops_numbers(tmp_path):
+    assert_async_loop_is_the_sync_loop(tmp_path, "cpu")
