@@ -20,6 +20,20 @@ def _int(value: Any, key: str) -> int:
     return value
 
 
+def check_env_choice(envs_chosen: list[str], tasks: list[str], gym_id: bool) -> None:
+    """Refuse, in one line, an ``env=`` choice that cannot be built from the overrides given:
+    env=gym without ``env.id``, env=dmc without ``env.task`` or with a task EnvPool lacks."""
+    if "gym" in envs_chosen and not gym_id:
+        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
+    if "dmc" in envs_chosen:
+        if not tasks:
+            raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
+        from envs.dmc import find_task
+
+        for task in tasks:
+            find_task(task)
+
+
 def resolve_render(pixels: bool) -> str:
     """``render=auto``: the fast profile where frames come from a software rasterizer (~14x
     faster there: on a CPU the standard look costs ~40 ms a frame, more than learning from it),

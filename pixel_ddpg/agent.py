@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.device import Precision
 from pixel_ddpg.networks import build_networks, has_trunk

@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
-from pixel_ddpg.config import UserError, cli, ensure_writable_dir
+from pixel_ddpg.config import cli, ensure_writable_dir
+from pixel_ddpg.errors import UserError
 from envs.egl import software_rendering
 from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_device, resolve_precision,
                                set_cpu_threads, usable_cores)

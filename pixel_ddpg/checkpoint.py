@@ -27,7 +27,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pixel_ddpg.config import USER_ERRORS, UserError, fail
+from pixel_ddpg.config import fail
+from pixel_ddpg.errors import USER_ERRORS, UserError
 
 FORMAT = "pixel_ddpg.checkpoint"
 VERSION = 2

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from envs.errors import ConfigError, EGLUnavailable
+from pixel_ddpg.errors import USER_ERRORS, ConfigError, UserError
 
 # conf/ lives at the top of the repo; `pip install .` and the wheel ship it as pixel_ddpg/conf
 # (pyproject.toml maps the package `pixel_ddpg.conf` onto it).
@@ -21,13 +21,6 @@ PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"
 SOURCE_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # a clone, or `pip install -e .`
 GROUPS = ("env", "obs", "agent", "launcher")
 
-
-class UserError(RuntimeError):
-    """A problem the user can fix (bad path, bad checkpoint, no GPU...): printed as one line."""
-
-
-# Errors shown as one line; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
 
 
 def _dmc(field: str, name: str) -> str | int:
@@ -86,8 +79,11 @@ def group_choices(group: str) -> list[str]:
 
 
 def check_group_overrides(overrides: Sequence[str]) -> None:
-    """Name a bad ``env=``/``obs=``/``agent=`` choice, or an unknown ``env.task=`` of env=dmc, in
-    one line, before Hydra composes (Hydra would resolve the run dir's name first, with a traceback)."""
+    """Name a bad ``env=``/``obs=``/``agent=`` choice, or an env choice that lacks its task
+    (:func:`envs.settings.check_env_choice`), in one line, before Hydra composes (Hydra would
+    resolve the run dir's name first, with a traceback)."""
+    from envs.settings import check_env_choice
+
     envs_chosen: list[str] = []
     tasks: list[str] = []
     gym_id = False
@@ -104,15 +100,7 @@ def check_group_overrides(overrides: Sequence[str]) -> None:
             tasks = value.split(",")
         elif sep and key == "env.id":
             gym_id = True
-    if "gym" in envs_chosen and not gym_id:
-        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
-    if "dmc" in envs_chosen:
-        if not tasks:
-            raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
-        from envs.dmc import find_task
-
-        for task in tasks:
-            find_task(task)
+    check_env_choice(envs_chosen, tasks, gym_id)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from envs.errors import ConfigError
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import ConfigError, UserError
 
 _SWITCH = {"auto": None, True: True, False: False, "true": True, "false": False}
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bf16 math

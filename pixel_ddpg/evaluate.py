@@ -27,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
-from pixel_ddpg.config import UserError, cli, ensure_writable_dir
+from pixel_ddpg.config import cli, ensure_writable_dir
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
 from pixel_ddpg.rollout import agent_policy, run_episodes

@@ -29,7 +29,8 @@ from torch import nn
 
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.config import cli
+from pixel_ddpg.errors import UserError
 
 META_FILE = "pixel_ddpg.json"
 FORMAT = "pixel_ddpg.policy"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 
 ENCODER_TYPES = ("paper", "drqv2")
 INITS = ("paper", "orthogonal")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 
 NOISE_TYPES = ("ou", "gaussian")
 

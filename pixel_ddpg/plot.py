@@ -45,7 +45,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from pixel_ddpg.config import UserError, fail
+from pixel_ddpg.config import fail
+from pixel_ddpg.errors import UserError
 
 EVAL_CSV = "eval.csv"
 REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from envs import EnvStep
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.rollout import Policy, episode_quota
 
 RECORD_FILE = "q_record.npz"

@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig
 
 from envs import EnvSettings, make_env
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.config import cli
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.noise import make_noise
 from pixel_ddpg.rollout import EpisodeResults, run_episodes
 

@@ -38,10 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.errors import ConfigError
 from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.batch import Batch
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import ConfigError, UserError
 from pixel_ddpg.staging import HostStaging
 
 FIRST, TERMINATED, TRUNCATED = 1, 2, 4

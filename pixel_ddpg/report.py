@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from pixel_ddpg.config import UserError, fail
+from pixel_ddpg.config import fail
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.plot import EVAL_CSV, Run, _Parser, group_labels, load_run, new_figure, save_figure
 
 ALL_TASKS = "all tasks"

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pixel_ddpg.checkpoint import write_bytes_atomic, write_error
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 
 TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "critic_loss", "actor_loss", "q",
                 "target_q", "feat_norm", "dead_ch", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from envs.settings import resolve_render
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
-from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
+from pixel_ddpg.config import cli, ensure_writable_dir, to_yaml
+from pixel_ddpg.errors import USER_ERRORS
 from pixel_ddpg.runlog import RunLock
 
 

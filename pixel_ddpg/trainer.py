@@ -26,7 +26,7 @@ from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
 from pixel_ddpg.batch import Batch
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usable_cores
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import numpy as np
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 
 MARGIN = 4  # pixels around and between the panels
 TILE_PADDING = 2  # between the agent's frames (torchvision make_grid padding)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 from envs.pool import EnvSpec
 from pixel_ddpg.agent import DDPGAgent, make_agent, random_shift
 from pixel_ddpg.batch import Batch

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 from pixel_ddpg.agent import SATURATED
 from tests.test_agent import agent, batch
 

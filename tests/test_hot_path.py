@@ -12,7 +12,7 @@ from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.device import Precision, resolve_precision
 from pixel_ddpg.replay import ReplayBuffer
 from pixel_ddpg.staging import HostStaging
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 from tests.test_agent import agent, batch
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, group_labels, load_run, plot_runs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from envs import make_env
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.reference import reference_returns
 from pixel_ddpg.rollout import run_episodes
 from tests.conftest import PAPER, tiny

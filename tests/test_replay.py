@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from envs import EnvSettings, EnvSpec, EnvStep, make_env
-from pixel_ddpg.config import UserError, compose
+from pixel_ddpg.config import compose
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.replay import (ReplayBuffer, bytes_per_transition, estimate_bytes, make_replay, plan_capacity,
                                reserved_by_others, run_transitions)
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 
 GAMMA = 0.9
 
