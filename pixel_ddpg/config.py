@@ -1,6 +1,6 @@
 """Composing the Hydra config and running commands with one-line errors.
 
-Every command (train, evaluate, benchmark, envs.preview) goes through :func:`cli`, so a bad
+Every command (train, evaluate, benchmark, preview) goes through :func:`cli`, so a bad
 group choice or value is one clear line on stderr and exit code 2, never a traceback.
 """
 

@@ -244,7 +244,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["num_envs=0"], "num_envs=0"),
 ])
 def test_cli_config_errors_are_one_line(args, needle, tmp_path):
-    proc = run_cli("envs.preview", f"out={tmp_path}/p.png", *args)
+    proc = run_cli("pixel_ddpg.preview", f"out={tmp_path}/p.png", *args)
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -252,7 +252,7 @@ def test_cli_config_errors_are_one_line(args, needle, tmp_path):
 
 
 def test_missing_egl_is_a_clear_error(tmp_path):
-    proc = run_cli("envs.preview", f"out={tmp_path}/p.png", env={"PIXEL_DDPG_EGL_LIBRARY": "libEGL_missing.so.1"})
+    proc = run_cli("pixel_ddpg.preview", f"out={tmp_path}/p.png", env={"PIXEL_DDPG_EGL_LIBRARY": "libEGL_missing.so.1"})
     assert proc.returncode == 2
     assert "libegl1 libegl-mesa0 libgl1-mesa-dri" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -261,7 +261,7 @@ def test_preview_writes_every_frame_enlarged(tmp_path):
     from PIL import Image
 
     out = tmp_path / "p.png"
-    proc = run_cli("envs.preview", "env=cartpole_balance", "obs=pixels", "render=fast", "obs.image_size=16",
+    proc = run_cli("pixel_ddpg.preview", "env=cartpole_balance", "obs=pixels", "render=fast", "obs.image_size=16",
                    "scale=2", "steps=2", f"out={out}")
     assert proc.returncode == 0, proc.stderr
     w, h = Image.open(out).size

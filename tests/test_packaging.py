@@ -91,5 +91,5 @@ def test_the_wheel_carries_the_config_and_its_commands_compose_from_anywhere(tmp
     assert "task_id: WalkerWalk-v1" in run("-m", "pixel_ddpg.train", "--cfg", "job", "env=walker")
     assert "episodes:" in run("-m", "pixel_ddpg.evaluate", "--cfg", "job", "checkpoint=x")
     assert "env:" in run("-m", "pixel_ddpg.benchmark", "--cfg", "job")
-    assert "env:" in run("-m", "envs.preview", "--cfg", "job")
+    assert "env:" in run("-m", "pixel_ddpg.preview", "--cfg", "job")
     assert not list(elsewhere.iterdir())
