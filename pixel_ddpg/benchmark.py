@@ -133,17 +133,6 @@ def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]
         return timer.rate(run, frames, "frames/s")
 
 
-def render_cost(settings: EnvSettings, steps: int = 2) -> dict[str, float]:
-    """Milliseconds per rendered frame with each profile, one env, a few steps (for the
-    trainer's start-up line on a software rasterizer)."""
-    timer = Timer(repeats=1, warmup=1, device=torch.device("cpu"))
-    out = {}
-    for profile in ("standard", "fast"):
-        r = _env_rate(dataclasses.replace(settings, render=profile, num_envs=1), timer, steps)
-        out[f"{profile}_ms"] = 1000.0 / r["median"]
-    return out
-
-
 def _synthetic_steps(spec: Any, count: int, seed: int) -> list[tuple[EnvStep, np.ndarray]]:
     """Random observations with episode boundaries, to fill buffers without rendering."""
     rng = np.random.default_rng(seed)

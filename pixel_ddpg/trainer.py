@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
+from envs.render_cost import render_cost
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
 from pixel_ddpg.agent import make_agent
@@ -242,8 +243,6 @@ class Trainer:
             self.log.progress.write(render_warning)
         if (self.settings.pixels and self.settings.render == "standard" and self.settings.backend == "envpool"
                 and software_rendering()):
-            from pixel_ddpg.benchmark import render_cost
-
             cost = render_cost(self.settings)
             renders = int(cfg.eval.episodes) * self.settings.max_episode_steps  # one render per EnvPool step
             self.log.progress.write(
