@@ -33,6 +33,7 @@ from envs.egl import software_rendering
 from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_device, resolve_precision,
                                set_cpu_threads, usable_cores)
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
+from pixel_ddpg.rundir import write_bytes_atomic
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
             "compiled_bf16": (torch.bfloat16, True)}
@@ -655,9 +656,7 @@ def main_task(cfg: DictConfig) -> dict[str, Any]:
     plot = cfg.sweep.plot or (str(out.with_suffix(".png")) if results.get("sweep") else None)
     if plot:
         results["sweep_plot"] = str(plot_sweep(results, Path(plot)))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    write_bytes_atomic(json.dumps(results, indent=2).encode(), out)
     print(table(results))
     print(f"wrote {out}")
     return results

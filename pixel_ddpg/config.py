@@ -6,9 +6,11 @@ group choice or value is one clear line on stderr and exit code 2, never a trace
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -113,9 +115,17 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the commands that take paths, not a config to compose (plot, report): usage
+    mistakes are one ``error:`` line and exit code 2, like the Hydra commands' (:func:`cli`)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
 
 
 def cli(task: Callable[[DictConfig], object], config_name: str = "config",

@@ -15,7 +15,6 @@ that followed, step by step (``q_record.npz``; bias and correlation in eval.json
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
+from pixel_ddpg import provenance, rundir
 from pixel_ddpg.config import cli, ensure_writable_dir
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
@@ -167,13 +166,13 @@ def _source(path: str) -> dict[str, Any]:
         p = Path(path).expanduser().resolve()
         return {"exported": module, "path": p, "config": OmegaConf.create(meta["config"]),
                 "frame": int(meta["checkpoint_frame"]), "provenance": meta.get("provenance"),
-                "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / "eval" / p.stem}
+                "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / rundir.EVAL_DIR / p.stem}
     ckpt = ckpt_io.load(path)
-    run_dir = ckpt_io.run_dir_of(ckpt["path"])
+    run_dir = rundir.run_dir_of(ckpt["path"])
     return {"checkpoint": ckpt, "path": ckpt["path"], "config": ckpt_io.checkpoint_config(ckpt),
             "frame": int(ckpt["counters"]["frame"]), "provenance": ckpt.get("provenance"),
             "env_signature": ckpt["env_signature"], "run_dir": run_dir,
-            "out": run_dir / "eval" / f"frame_{ckpt['counters']['frame']}"}
+            "out": run_dir / rundir.EVAL_DIR / f"frame_{ckpt['counters']['frame']}"}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -249,10 +248,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from pixel_ddpg.plot import plot_runs
 
         summary["plot"] = str(plot_runs([run_dir], out / "curve.png"))
-    tmp = out / ".eval.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "eval.json")
-    print(f"wrote {out / 'eval.json'}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
+    path = rundir.write_bytes_atomic(json.dumps(summary, indent=2).encode(), out / rundir.EVAL_JSON)
+    print(f"wrote {path}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
     return summary
 
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
+from pixel_ddpg import provenance, rundir
 from pixel_ddpg.config import cli
 from pixel_ddpg.errors import UserError
 
@@ -117,7 +117,7 @@ def write_onnx(module: ExportedPolicy, spec: Any, out: Path) -> Path:
                                     dynamic_shapes={"obs": {0: batch}}, verbose=False)
     buffer = io.BytesIO()
     program.save(buffer)  # type: ignore[union-attr]
-    ckpt_io.write_bytes_atomic(buffer.getvalue(), out)
+    rundir.write_bytes_atomic(buffer.getvalue(), out)
     return out
 
 
@@ -170,7 +170,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META_FILE: json.dumps(meta)})
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_io.write_bytes_atomic(buffer.getvalue(), out)
+    rundir.write_bytes_atomic(buffer.getvalue(), out)
     written = [out]
     if onnx == "true" or (onnx == "auto" and onnx_available()):
         written.append(write_onnx(module, spec, out.with_suffix(".onnx")))

@@ -24,7 +24,7 @@ from envs import EnvSettings, EnvStep, VecEnv, make_env
 from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
 from envs.render_cost import render_cost
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
+from pixel_ddpg import provenance, rundir
 from pixel_ddpg.agent import make_agent
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.errors import UserError
@@ -299,12 +299,12 @@ class Trainer:
         """Write ``last.pt`` (and ``best.pt``) atomically, after :meth:`check_finite`: a checkpoint
         never holds a learner that has diverged."""
         self.check_finite()
-        path = self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.LAST
+        path = self.run_dir / rundir.CKPT_DIR / rundir.LAST
         state = self.checkpoint_state()
         ckpt_io.save_atomic(state, path)
         self._last_saved = (path, self.counters.frame)
         if best:
-            ckpt_io.save_atomic(state, path.with_name(ckpt_io.BEST))
+            ckpt_io.save_atomic(state, path.with_name(rundir.BEST))
         return path
 
     def last_good(self) -> str:
@@ -497,7 +497,7 @@ class Trainer:
         A signal is honoured between agent steps and between evaluation steps, so within a
         few seconds even on a software rasterizer; the checkpoint holds the counters of the last
         finished step, and an interrupted evaluation is redone on resume. A non-finite learner
-        (:class:`NonFiniteError`) or a failed write (:class:`~pixel_ddpg.checkpoint.WriteError`)
+        (:class:`NonFiniteError`) or a failed write (:class:`~pixel_ddpg.rundir.WriteError`)
         stops it with one line naming the last good checkpoint, which it leaves as it was.
         """
         cfg, c = self.cfg, self.counters
@@ -534,8 +534,8 @@ class Trainer:
                 self.log.progress.write(f"{name}: stopped at {c.frame:,} frames; checkpoint {path}; "
                                         f"continue with resume={self.run_dir}")
             return {"frame": c.frame, "interrupted": interrupted, "checkpoint": path, "signal": self._stop_signal}
-        except ckpt_io.WriteError as exc:
-            raise ckpt_io.WriteError(f"{exc}; {self.last_good()}") from None
+        except rundir.WriteError as exc:
+            raise rundir.WriteError(f"{exc}; {self.last_good()}", exc.reason) from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

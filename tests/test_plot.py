@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, group_labels, load_run, plot_runs
+from pixel_ddpg.figures import DPI, FIGSIZE, group_labels
+from pixel_ddpg.plot import _seed_band, plot_runs
+from pixel_ddpg.rundir import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "frame,step,return_mean,return_std,episodes,length_mean,wall_s\n"
