@@ -19,7 +19,7 @@ import pickletools
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from pixel_ddpg.config import fail
 from pixel_ddpg.errors import USER_ERRORS, UserError
+if TYPE_CHECKING:
+    from envs import EnvSettings
+    from pixel_ddpg.agent import DDPGAgent
 from pixel_ddpg.rundir import CKPT_DIR, LAST, RUN_CONFIG, run_config_file, run_dir_of, write_atomic
 
 FORMAT = "pixel_ddpg.checkpoint"
@@ -263,6 +266,23 @@ def check_signature(name: str, saved: dict[str, Any], current: dict[str, Any], p
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
                  for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
         raise UserError(f"{path} was made with another {name} ({'; '.join(diffs)})")
+
+
+def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
+    """What a checkpoint's networks depend on in the env: refuse a checkpoint when it differs."""
+    return {"task_id": settings.task_id, "obs_type": settings.obs_type, "obs_shape": list(spec.obs_shape),
+            "action_dim": spec.action_dim, "action_repeat": settings.action_repeat,
+            "frame_stack": settings.frame_stack, "render": settings.render, "camera_id": settings.camera_id}
+
+
+def restore_agent(agent: DDPGAgent, ckpt: dict[str, Any], env_sig: dict[str, Any], *, generator: bool = True) -> None:
+    """Load a checkpoint's agent into ``agent`` once its env and network signatures match what this
+    config builds (a :class:`UserError` naming every difference otherwise). ``generator``: as
+    :meth:`~pixel_ddpg.agent.DDPGAgent.load_state_dict` (False where no draws are made)."""
+    path = ckpt["path"]
+    check_signature("env", ckpt["env_signature"], env_sig, path)
+    check_signature("network", ckpt["agent_signature"], agent.config_signature(), path)
+    agent.load_state_dict(ckpt["agent"], generator=generator)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -177,7 +177,7 @@ def _source(path: str) -> dict[str, Any]:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pixel_ddpg.agent import make_agent
-    from pixel_ddpg.trainer import EVAL_SEED_OFFSET, env_signature
+    from pixel_ddpg.trainer import EVAL_SEED_OFFSET
 
     episodes = int(cfg.episodes)
     if episodes < 1:
@@ -207,15 +207,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     num_envs = int(cfg.num_envs) if cfg.num_envs is not None else min(episodes, int(train_cfg.eval.num_envs))
     settings = EnvSettings.from_config(train_cfg, num_envs=num_envs, seed=seed)
     with make_env(settings) as env:
-        ckpt_io.check_signature("env", src["env_signature"], env_signature(settings, env.spec), src["path"])
+        env_sig = ckpt_io.env_signature(settings, env.spec)
         qrec = None
         if exported:
+            ckpt_io.check_signature("env", src["env_signature"], env_sig, src["path"])
             policy = _exported_policy(src["exported"])
         else:
-            ckpt = src["checkpoint"]
             agent = make_agent(train_cfg.agent, env.spec, precision, seed)
-            ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-            agent.load_state_dict(ckpt["agent"], generator=False)  # deterministic actions draw nothing
+            ckpt_io.restore_agent(agent, src["checkpoint"], env_sig, generator=False)  # deterministic actions draw nothing
             policy = agent_policy(agent, precision.device)
             qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if q_record else None
         recorder = None

@@ -47,13 +47,6 @@ class NonFiniteError(UserError):
     """A loss, Q value or weight became NaN or infinite: the run stops before it saves anything."""
 
 
-def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
-    """What a checkpoint's networks depend on in the env: refuse a checkpoint when it differs."""
-    return {"task_id": settings.task_id, "obs_type": settings.obs_type, "obs_shape": list(spec.obs_shape),
-            "action_dim": spec.action_dim, "action_repeat": settings.action_repeat,
-            "frame_stack": settings.frame_stack, "render": settings.render, "camera_id": settings.camera_id}
-
-
 def check_counts(cfg: DictConfig) -> None:
     for key in ("total_frames", "eval.every_frames", "eval.episodes", "eval.num_envs", "log.every_frames",
                 "checkpoint.every_frames"):
@@ -199,7 +192,7 @@ class Trainer:
         self.env: VecEnv = make_env(self.settings)
         self.spec = self.env.spec
         self.frames_per_step = self.spec.num_envs * self.spec.action_repeat
-        self.env_sig = env_signature(self.settings, self.spec)
+        self.env_sig = ckpt_io.env_signature(self.settings, self.spec)
         saved = None if resume is None or resume.get("replay") is None else resume["replay"]
         self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed,
                                                 capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
@@ -253,10 +246,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        path = ckpt["path"]
-        ckpt_io.check_signature("env", ckpt["env_signature"], self.env_sig, path)
-        ckpt_io.check_signature("network", ckpt["agent_signature"], self.agent.config_signature(), path)
-        self.agent.load_state_dict(ckpt["agent"])
+        ckpt_io.restore_agent(self.agent, ckpt, self.env_sig)
         if ckpt.get("replay") is not None:
             self.replay.load_state_dict(ckpt["replay"])
             self._owe_the_reset_step()
