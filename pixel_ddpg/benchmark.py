@@ -28,10 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
 from pixel_ddpg.config import cli, ensure_writable_dir
+from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_compute, resolve_device, resolve_precision,
+                               usable_cores)
 from pixel_ddpg.errors import UserError
-from envs.egl import software_rendering
-from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_device, resolve_precision,
-                               set_cpu_threads, usable_cores)
 from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
 from pixel_ddpg.rundir import write_bytes_atomic
 
@@ -181,16 +180,11 @@ class Benchmark:
 
         self.settings = EnvSettings.from_config(cfg)
         # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
-        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile,
-                                                      planned_updates=planned_updates(cfg),
-                                                      compile_min_updates=int(cfg.compile_min_updates),
-                                                      cuda_graphs=cfg.cuda_graphs)
+        self.precision, self.env_threads, self.torch_threads = resolve_compute(cfg, self.settings, planned_updates(cfg))
         self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",
                                                 planned_updates=planned_updates(cfg),
                                                 compile_min_updates=int(cfg.compile_min_updates))
         self.device = self.precision.device
-        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
-        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         self.timer = Timer(int(cfg.repeats), int(cfg.warmup_steps), self.device)
         self.steps = int(cfg.steps)
         self.results: dict[str, Any] = {

@@ -27,8 +27,8 @@ from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance, rundir
 from pixel_ddpg.agent import make_agent
 from pixel_ddpg.batch import Batch
+from pixel_ddpg.device import Precision, resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usable_cores
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -177,14 +177,10 @@ class Trainer:
         env_seed = (cfg.seed + self.counters.frame) % 2**31
         self.settings = EnvSettings.from_config(cfg, seed=env_seed)
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
-        self.precision: Precision = resolve_precision(
-            cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
-            compile_min_updates=int(cfg.get("compile_min_updates", 0)),  # absent from older checkpoints' configs
-            cuda_graphs=cfg.get("cuda_graphs", "auto"))
+        self.precision, self.env_threads, self.torch_threads = resolve_compute(
+            cfg, self.settings, planned_updates(cfg, self.counters.frame))
         self.device = self.precision.device
         self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
-        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
-        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
