@@ -31,7 +31,7 @@ from pixel_ddpg.config import cli, ensure_writable_dir
 from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_compute, resolve_device, resolve_precision,
                                usable_cores)
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
+from pixel_ddpg.replay import ReplayBuffer, Sampling, bytes_per_transition
 from pixel_ddpg.rundir import write_bytes_atomic
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
@@ -194,13 +194,15 @@ class Benchmark:
                           "end_to_end": variant_of(self.precision)}}
         with make_env(dataclasses.replace(self.settings, num_envs=1)) as probe:
             self.spec = dataclasses.replace(probe.spec, num_envs=self.settings.num_envs)
+        self.sampling = Sampling.from_config(cfg.agent, self.spec.pixels)
 
     @property
     def stages(self) -> dict[str, Any]:
         return self.results["stages"]
 
-    def batch_size(self, agent: Any) -> int:
-        return int(self.cfg.batch_size) if self.cfg.batch_size else int(agent.batch_size)
+    def batch_size(self) -> int:
+        """The benchmark's ``batch_size`` when set, else the learner's (:class:`~pixel_ddpg.replay.Sampling`)."""
+        return int(self.cfg.batch_size) if self.cfg.batch_size else self.sampling.batch_size
 
     def _agent(self, precision: Precision, spec: Any = None) -> Any:
         from pixel_ddpg.agent import make_agent
@@ -209,8 +211,8 @@ class Benchmark:
 
     def _filled_replay(self, capacity: int | None = None) -> ReplayBuffer:
         cap = max(int(self.cfg.replay_capacity if capacity is None else capacity), 64 * self.spec.num_envs)
-        replay = ReplayBuffer(self.spec, cap, self.device, nstep=int(self.cfg.agent.nstep),
-                              gamma=float(self.cfg.agent.gamma), seed=int(self.cfg.seed), verbose=False)
+        replay = ReplayBuffer(self.spec, cap, self.device, nstep=self.sampling.nstep, gamma=self.sampling.gamma,
+                              seed=int(self.cfg.seed), verbose=False)
         steps = _synthetic_steps(self.spec, cap // self.spec.num_envs + 1, int(self.cfg.seed))
         replay.add(steps[0][0], None)
         for st, a in steps[1:]:
@@ -257,7 +259,7 @@ class Benchmark:
 
     def replay(self) -> None:
         replay = self._filled_replay()
-        batch = int(self.cfg.batch_size or (self.cfg.agent.batch_size if self.spec.pixels else self.cfg.agent.state_batch_size))
+        batch = self.batch_size()
         adds = _synthetic_steps(self.spec, self.steps, 1)
 
         def add() -> None:
@@ -276,7 +278,7 @@ class Benchmark:
 
         def naive_sample() -> None:
             for _ in range(self.steps):
-                naive.sample(batch, self.device, float(self.cfg.agent.gamma))
+                naive.sample(batch, self.device, self.sampling.gamma)
 
         self.stages["replay"] = {
             "batch_size": batch,
@@ -319,7 +321,7 @@ class Benchmark:
         autocast as the update. Repeats interleaved, median of each.
         """
         agent = self._agent(Precision(self.device, None, False))
-        b = self.batch_size(agent)
+        b = self.batch_size()
         replay = self._filled_replay(capacity=4 * b)
         # actor and target steps run every actor_delay-th update: count one whole cycle, take the mean
         cycle = [replay.sample(b) for _ in range(agent.actor_delay)]
@@ -408,7 +410,7 @@ class Benchmark:
             amp, compiled = VARIANTS[name]
             agent = self._agent(Precision(self.device, amp, compiled,
                                           cuda_graphs=bool(compiled) and self.device.type == "cuda"))
-            b = sizes[name] = batch_size or self.batch_size(agent)
+            b = sizes[name] = batch_size or self.batch_size()
             batches = [replay.sample(b) for _ in range(self.steps)]
 
             def run(agent: Any = agent, batches: list = batches) -> None:
@@ -484,9 +486,9 @@ class Benchmark:
         one = dataclasses.replace(self.settings, num_envs=1)
         with make_env(one) as env:
             agent = self._agent(Precision(self.device, None, False), env.spec)
-            b = self.batch_size(agent)
+            b = self.batch_size()
             replay = NaiveReplay(env.spec, int(self.cfg.naive_replay_capacity), int(self.cfg.seed))
-            loop = NaiveLoop(env, agent, replay, b, float(self.cfg.agent.gamma), self.device, int(self.cfg.seed))
+            loop = NaiveLoop(env, agent, replay, b, self.sampling.gamma, self.device, int(self.cfg.seed))
             while replay.size < b:
                 loop.step(explore_random=True)
 

@@ -216,7 +216,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             agent = make_agent(train_cfg.agent, env.spec, precision, seed)
             ckpt_io.restore_agent(agent, src["checkpoint"], env_sig, generator=False)  # deterministic actions draw nothing
             policy = agent_policy(agent, precision.device)
-            qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if q_record else None
+            qrec = QRecorder(agent, num_envs, gamma=agent.settings.sampling.gamma) if q_record else None
         recorder = None
         strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
         if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:

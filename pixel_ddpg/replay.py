@@ -32,6 +32,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -529,21 +530,39 @@ class ReplayBuffer:
         self.rng.bit_generator.state = dict(state["generator"])
 
 
-def make_replay(cfg: Any, spec: EnvSpec, device: torch.device | str, *, seed: int | None = None,
-                capacity: int | None = None) -> ReplayBuffer:
-    """The trainer's way in: plan from ``cfg.replay`` (and ``agent.nstep``/``gamma``, and for
-    ``auto`` the transitions ``total_frames`` will collect), then allocate. ``capacity`` (a
-    resumed replay's) overrides the plan."""
-    r, nstep = cfg.replay, int(cfg.agent.nstep)
+@dataclass(frozen=True)
+class Sampling:
+    """How the learner samples the replay: the minibatch and its n-step returns.
+
+    Read from the agent group, where the presets set them beside the learner they belong to:
+    ``agent.batch_size`` on pixels, ``agent.state_batch_size`` on state vectors, ``agent.nstep``
+    and its discount ``agent.gamma``. Checked where the buffer uses them (:class:`ReplayBuffer`)."""
+
+    batch_size: int
+    nstep: int
+    gamma: float
+
+    @classmethod
+    def from_config(cls, cfg_agent: Any, pixels: bool) -> Sampling:
+        return cls(batch_size=int(cfg_agent.batch_size if pixels else cfg_agent.state_batch_size),
+                   nstep=int(cfg_agent.nstep), gamma=float(cfg_agent.gamma))
+
+
+def make_replay(cfg: Any, spec: EnvSpec, device: torch.device | str, sampling: Sampling | None = None, *,
+                seed: int | None = None, capacity: int | None = None) -> ReplayBuffer:
+    """The trainer's way in: plan from ``cfg.replay`` (and the n-step window of ``sampling``,
+    default: the agent group's, and for ``auto`` the transitions ``total_frames`` will collect),
+    then allocate. ``capacity`` (a resumed replay's) overrides the plan."""
+    r = cfg.replay
+    sampling = Sampling.from_config(cfg.agent, spec.pixels) if sampling is None else sampling
     planned, _ = plan_capacity(
         r.capacity if capacity is None else capacity,
         spec,
         device,
         max_transitions=int(r.max_transitions),
         memory_fraction=float(r.memory_fraction),
-        nstep=nstep,
+        nstep=sampling.nstep,
         run_transitions=run_transitions(int(cfg.total_frames), spec) if "total_frames" in cfg else None,
     )
-    return ReplayBuffer(
-        spec, planned, device, nstep=nstep, gamma=float(cfg.agent.gamma), seed=int(cfg.seed if seed is None else seed)
-    )
+    return ReplayBuffer(spec, planned, device, nstep=sampling.nstep, gamma=sampling.gamma,
+                        seed=int(cfg.seed if seed is None else seed))

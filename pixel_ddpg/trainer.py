@@ -25,10 +25,11 @@ from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_
 from envs.render_cost import render_cost
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance, rundir
-from pixel_ddpg.agent import make_agent
+from pixel_ddpg.agent import DDPGAgent
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.device import Precision, resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
+from pixel_ddpg.learner import LearnerSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -77,16 +78,16 @@ def updates_per_step(cfg: DictConfig) -> float:
     return int(cfg.obs.action_repeat) / float(per)
 
 
-def describe_setup(cfg: DictConfig, spec: Any, batch_size: int, per_step: float) -> str:
+def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
     """The start-up line that says which learner learns from which observation: the defaults
     changed from the paper's (setup=paper), and a curve means little without both."""
-    a = cfg.agent
+    a, sampling = cfg.agent, learner.sampling
     obs = (f"{'x'.join(str(int(d)) for d in spec.obs_shape)} uint8, "
            + ("the renders of every sub-step" if cfg.obs.render_substeps else f"last {spec.frame_stack} agent steps' renders")
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
-    return (f"learner: agent={a.name} (batch {batch_size}, {per_step:g} updates per agent step = one per "
-            f"{spec.action_repeat / per_step:g} frames, {'twin Q' if a.twin_q else 'one Q'}, {int(a.nstep)}-step returns, "
-            f"{a.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
+    return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
+            f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
+            f"returns, {learner.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
@@ -187,18 +188,19 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         self.env: VecEnv = make_env(self.settings)
         self.spec = self.env.spec
-        self.frames_per_step = self.spec.num_envs * self.spec.action_repeat
+        self.frames_per_step = self.spec.num_envs * self.settings.action_repeat
         self.env_sig = ckpt_io.env_signature(self.settings, self.spec)
+        self.learner = LearnerSettings.from_config(cfg.agent, self.spec.pixels)
         saved = None if resume is None or resume.get("replay") is None else resume["replay"]
-        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed,
+        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, self.learner.sampling, seed=cfg.seed,
                                                 capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
-        self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
+        self.agent = DDPGAgent(self.learner, self.spec, self.precision, cfg.seed)
         if self.precision.timed:  # compile=auto on a CPU: keep whichever update is faster on this machine
             self.precision = self.precision.after_timing(*self.agent.time_compiled_and_eager())
             if not self.precision.compile:
                 self.agent.use_eager()
-        self.batch_size = int(self.agent.batch_size)
-        self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
+        self.batch_size = self.learner.sampling.batch_size
+        self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.settings.action_repeat)
         self.updates_per_step = updates_per_step(cfg)
         self.eval_env: VecEnv | None = None
         self._collector: ThreadPoolExecutor | None = None
@@ -220,7 +222,7 @@ class Trainer:
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
-        self.log.progress.write(describe_setup(cfg, self.spec, self.batch_size, self.updates_per_step))
+        self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
         envs_line = (f"EnvPool {self.env_threads} of {usable_cores()} usable cores" if self.settings.backend == "envpool"
                      else f"a Gymnasium {self.settings.vectorization} vector env; {usable_cores()} usable cores")
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")
