@@ -31,7 +31,8 @@ from pixel_ddpg.config import cli, ensure_writable_dir
 from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_compute, resolve_device, resolve_precision,
                                usable_cores)
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.replay import ReplayBuffer, Sampling, bytes_per_transition
+from pixel_ddpg.replay import ReplayBuffer, Sampling
+from pixel_ddpg.replay_memory import bytes_per_transition
 from pixel_ddpg.rundir import write_bytes_atomic
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),

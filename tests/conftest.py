@@ -27,7 +27,7 @@ def private_replay_registry(tmp_path_factory, monkeypatch):
     """Each test plans CPU replays against its own registry: training runs elsewhere on the
     machine (their replays are recorded for side-by-side planning) must not change a test's plan."""
     registry = tmp_path_factory.mktemp("replay-registry")
-    monkeypatch.setattr("pixel_ddpg.replay._registry", lambda: registry)
+    monkeypatch.setattr("pixel_ddpg.replay_memory._registry", lambda: registry)
 
 
 @pytest.fixture

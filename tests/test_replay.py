@@ -19,8 +19,9 @@ import torch
 from envs import EnvSettings, EnvSpec, EnvStep, make_env
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.replay import (ReplayBuffer, bytes_per_transition, estimate_bytes, make_replay, plan_capacity,
-                               reserved_by_others, run_transitions)
+from pixel_ddpg.replay import ReplayBuffer, make_replay
+from pixel_ddpg.replay_memory import (bytes_per_transition, estimate_bytes, plan_capacity, reserved_by_others,
+                                     run_transitions)
 from pixel_ddpg.errors import ConfigError
 
 GAMMA = 0.9
@@ -402,7 +403,7 @@ def test_auto_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
     cap, nbytes = plan_capacity("auto", spec, "cpu", max_transitions=1000, memory_fraction=0.5)
     assert cap == 999 and nbytes == estimate_bytes(spec, 999)
     per = bytes_per_transition(spec)
-    monkeypatch.setattr("pixel_ddpg.replay.free_bytes", lambda device: 200 * per)
+    monkeypatch.setattr("pixel_ddpg.replay_memory.free_bytes", lambda device: 200 * per)
     cap, _ = plan_capacity("auto", spec, "cpu", max_transitions=10**6, memory_fraction=0.5)
     assert cap == 99  # half of 200 transitions, rounded down to whole slots of 3 envs
     with pytest.raises(UserError, match=r"replay\.capacity=600 needs .* use replay\.capacity=99"):
@@ -444,10 +445,10 @@ def test_make_replay_auto_follows_total_frames() -> None:
 
 def test_a_second_run_plans_on_memory_the_first_has_not_touched_yet(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """Replay pages are claimed lazily: planning subtracts other live runs' recorded buffers."""
-    monkeypatch.setattr("pixel_ddpg.replay._registry", lambda: tmp_path)
+    monkeypatch.setattr("pixel_ddpg.replay_memory._registry", lambda: tmp_path)
     spec = synth_spec(pixels=True, num_envs=1, channels=9)
     per = bytes_per_transition(spec)
-    monkeypatch.setattr("pixel_ddpg.replay.free_bytes", lambda device: 1000 * per)
+    monkeypatch.setattr("pixel_ddpg.replay_memory.free_bytes", lambda device: 1000 * per)
     parent = os.getppid()  # a live process standing in for a run started earlier
     (tmp_path / f"{parent}.bytes").write_text(str(600 * per))
     (tmp_path / "999999999.bytes").write_text(str(10**12))  # a dead run's record is ignored and removed
