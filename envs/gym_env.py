@@ -175,8 +175,6 @@ class GymVecEnv(VecEnv):
         self._ids = np.arange(n, dtype=np.int32)
         self._needs_reset = np.zeros(n, dtype=bool)
         self._obs = np.zeros((n, *obs_shape), dtype=obs_dtype)
-        self._executor = None
-        self._pending = None
         self._seeded = False
         self.notice = (f"env=gym: {settings.task_id} renders in Python (render_mode='rgb_array', one render and a "
                        f"resize to {settings.image_size} px per agent step, {settings.vectorization} vector env), "
@@ -185,7 +183,6 @@ class GymVecEnv(VecEnv):
 
     def reset(self) -> EnvStep:
         """Start a new episode in every env; the first reset seeds env i with ``seed + i``."""
-        self._wait_pending()
         raw, _ = self._vec.reset(seed=None if self._seeded else int(self.settings.seed))
         self._seeded = True
         self._write_obs(self._ids, np.asarray(raw), first=True)
@@ -211,7 +208,6 @@ class GymVecEnv(VecEnv):
 
     def render(self, env_ids: np.ndarray, size: int) -> np.ndarray:
         """The envs' own renders (N, size, size, 3), for videos: larger than the agent's view."""
-        self._wait_pending()
         frames = self._vec.call("render")
         return np.stack([_resize(frames[int(i)], size, self.settings.task_id) for i in np.asarray(env_ids)])
 

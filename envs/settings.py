@@ -161,8 +161,3 @@ class EnvSettings:
     def envpool_frame_stack(self) -> int:
         """Renders EnvPool keeps per observation: all sub-steps' (paper) or only the last."""
         return self.action_repeat if (self.pixels and self.render_substeps) else 1
-
-    @property
-    def frame_channels(self) -> int:
-        """Channels that are new at each agent step (what the replay stores once)."""
-        return 3 * self.envpool_frame_stack

@@ -208,7 +208,7 @@ rng, t0 = np.random.default_rng(0), time.time()
 with make_env(s) as env:
     env.reset()
     while time.time() - t0 < float(sys.argv[1]):
-        env.step_async(env.spec.random_actions(rng)); env.step_wait()
+        env.step(env.spec.random_actions(rng))
 print("survived")
 """
 
@@ -267,24 +267,3 @@ def test_preview_writes_every_frame_enlarged(tmp_path):
     w, h = Image.open(out).size
     pad = 2 * 2
     assert (w, h) == (3 * 32 + 4 * pad, 32 + 2 * pad)
-
-
-def test_async_step_returns_what_a_plain_step_returns():
-    actions = np.random.default_rng(5).uniform(-1, 1, size=(4, 2, 1))
-    results = []
-    for use_async in (False, True):
-        with make_env(tiny(PAPER)) as env:
-            env.reset()
-            out = []
-            for a in actions:
-                if use_async:
-                    env.step_async(a)
-                    out.append(env.step_wait())
-                else:
-                    out.append(env.step(a))
-            results.append(out)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a.obs, b.obs)
-        np.testing.assert_array_equal(a.reward, b.reward)
-    with make_env(tiny(STATE)) as env, pytest.raises(RuntimeError, match="no step in flight"):
-        env.step_wait()
