@@ -27,7 +27,7 @@ from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance, rundir
 from pixel_ddpg.agent import DDPGAgent
 from pixel_ddpg.batch import Batch
-from pixel_ddpg.device import Precision, resolve_compute, usable_cores
+from pixel_ddpg.device import resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["quick=true", "setup=paper", "env=cartpole_balance", "env.episode_sim_steps=30", "render=fast", "obs.image_size=16",
         "num_envs=2", "replay_capacity=400", "naive_replay_capacity=100", "device=cpu", "compile=false"]
 

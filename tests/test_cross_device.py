@@ -18,9 +18,7 @@ import torch
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import rundir
 from pixel_ddpg.trainer import cuda_rng_entries, rng_state, set_rng_state
-from tests.test_agent import agent, batch
-from tests.test_evaluate import evaluate
-from tests.test_train import train
+from tests.conftest import agent, batch, evaluate, train
 
 CUDA_GENERATOR_STATE = torch.arange(16, dtype=torch.uint8)  # philox seed + offset: 16 bytes
 CPU = torch.device("cpu")

@@ -14,9 +14,8 @@ import pytest
 from envs import ConfigError, EnvSettings, make_env
 from envs.egl import import_envpool
 from envs.render_profiles import base_path
-from tests.conftest import DRQV2, PAPER, STATE, tiny
+from tests.conftest import DRQV2, PAPER, ROOT, STATE, tiny
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def random_actions(env, rng):
@@ -202,7 +201,6 @@ def test_without_a_gpu_egl_is_a_software_rasterizer():
 STRESS = """
 import sys, time, numpy as np
 from envs import make_env
-from tests.conftest import PAPER, tiny
 s = tiny(PAPER, num_envs=16, episode_sim_steps=300)
 rng, t0 = np.random.default_rng(0), time.time()
 with make_env(s) as env:

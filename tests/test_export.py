@@ -15,7 +15,7 @@ import torch
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
-from tests.test_train import TINY
+from tests.conftest import TINY
 
 # Runs in a fresh interpreter: torch and NumPy only, and it proves it never imported pixel_ddpg.
 LOADER = textwrap.dedent("""

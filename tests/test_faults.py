@@ -24,7 +24,7 @@ from pixel_ddpg import rundir
 from pixel_ddpg.rundir import LOCK_FILE
 from pixel_ddpg.runlog import EVAL_FIELDS, CsvLog, RunDirInUse, RunLock
 from tests.faultrunner import Child, FaultRunner
-from tests.test_train import TINY, frames, rows
+from tests.conftest import frames, rows, TINY
 
 STATE = [*TINY, "obs=state"]
 

@@ -12,7 +12,7 @@ from envs.gym_env import find_spec
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import compose
 from pixel_ddpg.replay import ReplayBuffer
-from tests.test_replay import GAMMA, Reference, check_batch
+from tests.conftest import check_batch, GAMMA, Reference
 
 MAX_STEPS = 8
 

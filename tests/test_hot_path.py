@@ -8,35 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.device import Precision, resolve_precision
 from pixel_ddpg.replay import ReplayBuffer
 from pixel_ddpg.staging import HostStaging
 from pixel_ddpg.errors import ConfigError
-from tests.test_agent import agent, batch
-
-
-def make_spec(pixels: bool = True) -> EnvSpec:
-    """3 envs; pixels: stacks of 3 frames of 3x8x8 (the DrQ-v2 layout), else 5 floats."""
-    obs, frame, stack = ((9, 8, 8), (3, 8, 8), 3) if pixels else ((5,), (5,), 1)
-    dtype = np.dtype(np.uint8) if pixels else np.dtype(np.float32)
-    return EnvSpec(obs, dtype, frame, stack, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 3, 1, 100)
-
-
-def steps(spec, count: int, seed: int = 0):
-    """A reset and ``count`` steps with random frames, actions, rewards and some episode ends."""
-    rng = np.random.default_rng(seed)
-    n = spec.num_envs
-    first = np.ones(n, bool)
-    for t in range(count + 1):
-        obs = (rng.integers(0, 256, (n, *spec.obs_shape), dtype=np.uint8) if spec.pixels
-               else rng.standard_normal((n, *spec.obs_shape)).astype(np.float32))
-        last = rng.random(n) < 0.1 if t else np.zeros(n, bool)
-        term = last & (rng.random(n) < 0.5)
-        step = EnvStep(obs=obs, reward=rng.random(n).astype(np.float32), terminated=term, truncated=last & ~term,
-                       first=first.copy())
-        yield step, None if t == 0 else rng.uniform(-1, 1, (n, spec.action_dim)).astype(np.float32)
-        first = last
+from tests.conftest import agent, batch, make_spec, steps
 
 
 def filled(spec, staging: bool | None, seed: int = 0, *, tensors: bool = False) -> ReplayBuffer:

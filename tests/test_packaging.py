@@ -9,8 +9,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
