@@ -12,7 +12,8 @@ preload_egl()
 logging.getLogger("OpenGL").setLevel(logging.WARNING)
 
 from envs.errors import ConfigError, EGLUnavailable, EnvError  # noqa: E402
-from envs.pool import EnvSpec, EnvStep, VecEnv, make_env  # noqa: E402
+from envs.make import make_env  # noqa: E402
+from envs.pool import EnvSpec, EnvStep, VecEnv  # noqa: E402
 from envs.settings import EnvSettings  # noqa: E402
 
 __all__ = ["ConfigError", "EGLUnavailable", "EnvError", "EnvSettings", "EnvSpec", "EnvStep", "VecEnv", "make_env"]

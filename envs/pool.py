@@ -238,12 +238,3 @@ class VecEnv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def make_env(settings: EnvSettings) -> VecEnv:
-    """The one way the project builds envs: training, evaluation, benchmark and preview."""
-    if settings.backend == "gym":
-        from envs.gym_env import GymVecEnv
-
-        return GymVecEnv(settings)
-    return VecEnv(settings)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from envs.pool import make_env
+from envs.make import make_env
 from envs.render_profiles import PROFILES
 from envs.settings import EnvSettings
 

@@ -106,7 +106,7 @@ class EnvSettings:
         if backend == "gym":
             from omegaconf import OmegaConf
 
-            from envs.gym_env import episode_steps
+            from envs.gym_registry import episode_steps
 
             if episode_sim_steps is not None:
                 _int(episode_sim_steps, "env.episode_sim_steps")

@@ -32,7 +32,7 @@ def _dmc(field: str, name: str) -> str | int:
 
 
 def _gym_name(env_id: str) -> str:
-    from envs.gym_env import slug
+    from envs.gym_registry import slug
 
     return slug(env_id)
 
@@ -41,7 +41,7 @@ def _register_resolvers() -> None:
     """``${div:a,b}``: conf/launcher/local.yaml splits the replay's memory share between the jobs
     that run at once; ``${dmc:field,task}``: conf/env/dmc.yaml reads a dm_control task's EnvPool id,
     domain and time limit (:mod:`envs.dmc`); ``${gym_name:id}``: conf/env/gym.yaml's run-dir-safe
-    name of a Gymnasium id (:mod:`envs.gym_env`). Registered on import, so every process that composes
+    name of a Gymnasium id (:mod:`envs.gym_registry`). Registered on import, so every process that composes
     or resolves has them (a joblib or submitit worker imports this module to run the job)."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
