@@ -17,7 +17,6 @@ from envs.render_profiles import base_path
 from tests.conftest import DRQV2, PAPER, ROOT, STATE, tiny
 
 
-
 def random_actions(env, rng):
     return rng.uniform(-1, 1, size=(env.spec.num_envs, env.spec.action_dim))
 

@@ -17,7 +17,6 @@ from pixel_ddpg.rollout import run_episodes
 from tests.conftest import evaluate, PAPER, ROOT, tiny, train
 
 
-
 @pytest.fixture(scope="module")
 def pixel_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("evalrun") / "run"

@@ -17,7 +17,6 @@ from pixel_ddpg.rollout import run_episodes
 from tests.conftest import PAPER, ROOT, tiny
 
 
-
 def test_zero_policy_on_swingup_scores_nothing_and_random_matches_a_direct_rollout():
     # Pixel settings: the reference steps the same task blind (no rendering), same repeat and length.
     settings = tiny(PAPER, name="cartpole", task_id="CartpoleSwingup-v1", episode_sim_steps=60)

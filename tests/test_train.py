@@ -16,7 +16,6 @@ from pixel_ddpg import checkpoint as ckpt_io
 from tests.conftest import frames, ROOT, rows, TINY, train
 
 
-
 @pytest.mark.parametrize("obs,total", [("state", 240), ("pixels_paper", 360)])
 def test_smoke_run_writes_logs_events_and_checkpoint(tmp_path, obs, total):
     run = tmp_path / obs
