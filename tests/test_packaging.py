@@ -9,8 +9,10 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from tests.conftest import ROOT
 
+import pytest
+
+from tests.conftest import ROOT
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -64,6 +66,7 @@ def venv_with_wheel(dest: Path, wheel: Path) -> Path:
     return python
 
 
+@pytest.mark.slow  # 36 s (builds the wheel, then runs its commands), 2 shared cores
 def test_the_wheel_carries_the_config_and_its_commands_compose_from_anywhere(tmp_path):
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
