@@ -1,9 +1,15 @@
-"""Errors raised early, before any env or file is created, so callers can print one line."""
+"""The errors envs raises for a problem the user can fix, all under :class:`EnvError`: the one
+type a caller above envs (pixel_ddpg's commands) catches to print one line, with no import
+from above."""
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the value and the valid choices."""
+class EnvError(Exception):
+    """A problem with the env setup that the user can fix; the message says what and how."""
 
 
-class EGLUnavailable(RuntimeError):
+class ConfigError(EnvError, ValueError):
+    """An env setting is invalid; the message names the value and the valid choices."""
+
+
+class EGLUnavailable(EnvError, RuntimeError):
     """The system EGL library cannot be loaded, so MuJoCo cannot render pixels."""

@@ -17,60 +17,16 @@ env at a time: slower than EnvPool's native batch rendering, and the trainer say
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
 
 from envs.errors import ConfigError
+from envs.gym_registry import find_spec, import_gymnasium
 from envs.pool import EnvSpec, EnvStep, VecEnv
 from envs.settings import EnvSettings
 
 VECTORIZATION = ("sync", "async")
-
-
-def _gym():  # noqa: ANN202 - the gymnasium module
-    import gymnasium
-
-    return gymnasium
-
-
-def find_spec(env_id: str) -> Any:
-    """Gymnasium's spec for ``env_id`` (importing ``module`` of ``module:Id`` first), or one line
-    naming the close registered ids."""
-    import importlib
-
-    gym = _gym()
-    module, _, name = env_id.rpartition(":")
-    try:
-        if module:  # as gymnasium.make does for module:Id
-            importlib.import_module(module)
-        return gym.spec(name)
-    except gym.error.Error as exc:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (register it, or use module:Id to import its module)"
-        raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium env: {str(exc).splitlines()[0]}{hint}") from None
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"env.id={env_id!r}: {exc}") from None
-
-
-def episode_steps(env_id: str, override: int | None) -> int:
-    """Env steps per episode: ``env.episode_sim_steps`` when set, else the id's registered
-    ``max_episode_steps``; an env with neither could run an evaluation forever, so it is refused."""
-    if override is not None:
-        return int(override)
-    steps = find_spec(env_id).max_episode_steps
-    if steps is None:
-        raise ConfigError(f"env.id={env_id!r} registers no max_episode_steps; set env.episode_sim_steps=N "
-                          "(a time limit of N env steps, whose end truncates)")
-    return int(steps)
-
-
-def slug(env_id: str) -> str:
-    """A name for run dirs: ``ALE/Pong-v5`` → ``ALE_Pong-v5``, ``pkg.mod:Point-v0`` → ``Point-v0``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(env_id).split(":")[-1]) or "gym"
 
 
 def _resize(frame: Any, size: int, env_id: str) -> np.ndarray:
@@ -88,7 +44,7 @@ def _resize(frame: Any, size: int, env_id: str) -> np.ndarray:
 
 
 def _wrapper(settings: EnvSettings):  # noqa: ANN202 - a Gymnasium wrapper class, built lazily
-    gym = _gym()
+    gym = import_gymnasium()
 
     class AgentStep(gym.Wrapper):
         """One agent step: the action repeated ``action_repeat`` times (rewards summed, stopping
@@ -130,7 +86,7 @@ class GymVecEnv(VecEnv):
     """N Gymnasium envs as a :class:`~envs.pool.VecEnv`: same spec, steps, flags and renders."""
 
     def __init__(self, settings: EnvSettings) -> None:  # noqa: D107 - EnvPool's constructor is not called
-        gym = _gym()
+        gym = import_gymnasium()
         if settings.render_substeps:
             raise ConfigError("obs.render_substeps=true (obs=pixels_paper) renders inside an agent step, which env=gym "
                               "cannot: use obs=pixels (or obs.render_substeps=false)")
@@ -175,8 +131,6 @@ class GymVecEnv(VecEnv):
         self._ids = np.arange(n, dtype=np.int32)
         self._needs_reset = np.zeros(n, dtype=bool)
         self._obs = np.zeros((n, *obs_shape), dtype=obs_dtype)
-        self._executor = None
-        self._pending = None
         self._seeded = False
         self.notice = (f"env=gym: {settings.task_id} renders in Python (render_mode='rgb_array', one render and a "
                        f"resize to {settings.image_size} px per agent step, {settings.vectorization} vector env), "
@@ -185,7 +139,6 @@ class GymVecEnv(VecEnv):
 
     def reset(self) -> EnvStep:
         """Start a new episode in every env; the first reset seeds env i with ``seed + i``."""
-        self._wait_pending()
         raw, _ = self._vec.reset(seed=None if self._seeded else int(self.settings.seed))
         self._seeded = True
         self._write_obs(self._ids, np.asarray(raw), first=True)
@@ -211,7 +164,6 @@ class GymVecEnv(VecEnv):
 
     def render(self, env_ids: np.ndarray, size: int) -> np.ndarray:
         """The envs' own renders (N, size, size, 3), for videos: larger than the agent's view."""
-        self._wait_pending()
         frames = self._vec.call("render")
         return np.stack([_resize(frames[int(i)], size, self.settings.task_id) for i in np.asarray(env_ids)])
 

@@ -15,7 +15,6 @@ observation is not real and must never be stored as one.
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +65,8 @@ class EnvStep:
 
 
 class VecEnv:
-    """N envs stepping together. ``step_async``/``step_wait`` run the step in a thread so a
-    trainer can update on the device meanwhile (EnvPool releases the GIL while it steps)."""
+    """N envs stepping together. EnvPool releases the GIL while it steps, so a caller may step
+    them on a thread of its own while it updates on the device (the trainer's collector)."""
 
     notice: str | None = None  # a line for the trainer to print at start (env=gym: its render cost)
 
@@ -130,8 +129,6 @@ class VecEnv:
         self._ids = np.arange(n, dtype=np.int32)
         self._needs_reset = np.zeros(n, dtype=bool)
         self._obs = np.zeros((n, *obs_shape), dtype=obs_dtype)
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future | None = None
 
     # ------------------------------------------------------------------ observations
     def _frames(self, raw: object) -> np.ndarray:
@@ -156,7 +153,6 @@ class VecEnv:
     # ------------------------------------------------------------------ stepping
     def reset(self) -> EnvStep:
         """Start a new episode in every env."""
-        self._wait_pending()
         raw, info = self._pool.reset()
         ids = np.asarray(info["env_id"], dtype=np.int32)
         self._write_obs(ids, self._frames(raw), first=True)
@@ -185,27 +181,7 @@ class VecEnv:
         """Advance every env one agent step (``action_repeat`` EnvPool steps), in the calling
         thread: callers that overlap stepping with other work (the trainer's collector thread)
         already run it off their main thread, and a hop to the worker would only add a handoff."""
-        action = self.check_action(action)
-        self._wait_pending()
-        return self._step(action)
-
-    def step_async(self, action: np.ndarray) -> None:
-        """Start a step in a background thread; collect it with :meth:`step_wait`."""
-        action = self.check_action(action)
-        self._wait_pending()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envs")
-        self._pending = self._executor.submit(self._step, action)
-
-    def step_wait(self) -> EnvStep:
-        if self._pending is None:
-            raise RuntimeError("step_wait() called with no step in flight")
-        future, self._pending = self._pending, None
-        return future.result()
-
-    def _wait_pending(self) -> None:
-        if self._pending is not None:
-            self.step_wait()
+        return self._step(self.check_action(action))
 
     def _step(self, action: np.ndarray) -> EnvStep:
         n = self.spec.num_envs
@@ -245,17 +221,12 @@ class VecEnv:
     # ------------------------------------------------------------------ extras
     def render(self, env_ids: np.ndarray, size: int) -> np.ndarray:
         """Larger RGB frames (N, H, W, 3) from the training camera, for videos and previews."""
-        self._wait_pending()
         # EnvPool's public render() is fixed to the size given at construction; its binding
         # takes any size, which the video needs.
         ids = np.asarray(env_ids, dtype=np.int32)
         return np.asarray(self._pool._render(ids, size, size, self.settings.camera_id))
 
     def close(self) -> None:
-        self._wait_pending()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
         self._close_backend()
 
     def _close_backend(self) -> None:
@@ -267,12 +238,3 @@ class VecEnv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def make_env(settings: EnvSettings) -> VecEnv:
-    """The one way the project builds envs: training, evaluation, benchmark and preview."""
-    if settings.backend == "gym":
-        from envs.gym_env import GymVecEnv
-
-        return GymVecEnv(settings)
-    return VecEnv(settings)

@@ -20,6 +20,20 @@ def _int(value: Any, key: str) -> int:
     return value
 
 
+def check_env_choice(envs_chosen: list[str], tasks: list[str], gym_id: bool) -> None:
+    """Refuse, in one line, an ``env=`` choice that cannot be built from the overrides given:
+    env=gym without ``env.id``, env=dmc without ``env.task`` or with a task EnvPool lacks."""
+    if "gym" in envs_chosen and not gym_id:
+        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
+    if "dmc" in envs_chosen:
+        if not tasks:
+            raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
+        from envs.dmc import find_task
+
+        for task in tasks:
+            find_task(task)
+
+
 def resolve_render(pixels: bool) -> str:
     """``render=auto``: the fast profile where frames come from a software rasterizer (~14x
     faster there: on a CPU the standard look costs ~40 ms a frame, more than learning from it),
@@ -92,7 +106,7 @@ class EnvSettings:
         if backend == "gym":
             from omegaconf import OmegaConf
 
-            from envs.gym_env import episode_steps
+            from envs.gym_registry import episode_steps
 
             if episode_sim_steps is not None:
                 _int(episode_sim_steps, "env.episode_sim_steps")
@@ -147,8 +161,3 @@ class EnvSettings:
     def envpool_frame_stack(self) -> int:
         """Renders EnvPool keeps per observation: all sub-steps' (paper) or only the last."""
         return self.action_repeat if (self.pixels and self.render_substeps) else 1
-
-    @property
-    def frame_channels(self) -> int:
-        """Channels that are new at each agent step (what the replay stores once)."""
-        return 3 * self.envpool_frame_stack

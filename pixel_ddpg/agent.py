@@ -35,12 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
-from envs.errors import ConfigError
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.device import Precision
-from pixel_ddpg.networks import build_networks, has_trunk
+from pixel_ddpg.learner import LearnerSettings
+from pixel_ddpg.networks import build_networks
 from pixel_ddpg.noise import make_noise
 
 
@@ -64,49 +63,31 @@ def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tenso
     return x.reshape(b, c, h * w).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-
 class DDPGAgent:
     """Encoder, actor, critic, their targets, optimizers and exploration noise on one device."""
 
-    def __init__(self, cfg_agent: Any, spec: Any, precision: Precision, seed: int) -> None:
-        c = self.cfg = cfg_agent
+    def __init__(self, settings: LearnerSettings, spec: Any, precision: Precision, seed: int) -> None:
+        """``settings``: what the learner is made of (:meth:`LearnerSettings.from_config`, or
+        :func:`make_agent` from the agent config), for ``spec``'s observation."""
+        s = self.settings = settings
         self.spec, self.precision, self.device = spec, precision, precision.device
         self.pixels = bool(spec.pixels)
-        self.batch_size = int(c.batch_size if self.pixels else c.state_batch_size)
-        self.gamma, self.tau = float(c.gamma), float(c.tau)
-        self.actor_delay = int(c.actor_delay)
-        # Configs saved before the option existed (older checkpoints) meant no penalty.
-        self.preact_penalty = float(c.get("actor_preact_penalty", 0.0))
-        if not self.preact_penalty >= 0:
-            raise ConfigError(f"agent.actor_preact_penalty={c.actor_preact_penalty} must be >= 0")
-        # ... and configs saved before the knee existed penalised every pre-tanh value (knee 0).
-        self.preact_knee = float(c.get("actor_preact_knee", 0.0))
-        if not self.preact_knee >= 0:
-            raise ConfigError(f"agent.actor_preact_knee={c.actor_preact_knee} must be >= 0")
-        if self.actor_delay < 1:
-            raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
-        self.twin_q = bool(c.twin_q)
-        self.target_noise, self.target_noise_clip = float(c.target_policy_noise), float(c.target_noise_clip)
-        # DrQ-v2's options; configs saved before they existed (older checkpoints) meant the defaults.
-        self.target_noise_schedule = bool(c.get("target_noise_schedule", False))
-        self.actor_noise = bool(c.get("actor_noise", False))
-        actor_q = str(c.get("actor_q", "q1"))
-        if actor_q not in ("q1", "min"):
-            raise ConfigError(f"agent.actor_q={actor_q!r} is not known; choose q1 or min")
-        self.actor_min_q = actor_q == "min"
-        self.use_target_encoder = bool(c.get("target_encoder", True))
-        self.use_target_actor = bool(c.get("target_actor", True))
-        self.augment = bool(c.augment) and self.pixels  # a shift means nothing on a state vector
-        self.pad = int(c.augment_pad)
-        if self.augment and self.pad < 0:
-            raise ConfigError(f"agent.augment_pad={self.pad} must be >= 0")
+        if s.pixels != self.pixels:
+            raise ValueError(f"learner settings for {'pixels' if s.pixels else 'state'} given an env spec of "
+                             f"{'pixels' if self.pixels else 'state'}")
+        self.batch_size = s.sampling.batch_size  # the synthetic batches of time_compiled_and_eager
+        self.tau, self.actor_delay = s.tau, s.actor_delay
+        self.preact_penalty, self.preact_knee = s.actor_preact_penalty, s.actor_preact_knee
+        self.twin_q = s.twin_q
+        self.target_noise, self.target_noise_clip = s.target_policy_noise, s.target_noise_clip
+        self.target_noise_schedule, self.actor_noise = s.target_noise_schedule, s.actor_noise
+        self.actor_min_q = s.actor_q == "min"
+        self.use_target_encoder, self.use_target_actor = s.target_encoder, s.target_actor
+        self.augment, self.pad = s.augment, s.augment_pad
 
         with torch.random.fork_rng(devices=[]):  # same init for a seed, global RNG untouched
             torch.manual_seed(int(seed))
-            self.encoder, self.actor, self.critic = build_networks(c, spec.obs_shape, spec.action_low,
+            self.encoder, self.actor, self.critic = build_networks(s, spec.obs_shape, spec.action_low,
                                                                    spec.action_high)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_actor = copy.deepcopy(self.actor)
@@ -130,9 +111,9 @@ class DDPGAgent:
 
         cuda = self.device.type == "cuda"
         fast = {"fused": True} if cuda else {"foreach": True}
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(c.actor_lr), **fast)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=s.actor_lr, **fast)
         critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
-        decay = float(c.critic_weight_decay)
+        decay = s.critic_weight_decay
         if decay > 0:
             # The paper: "For Q we included L2 weight decay of 1e-2". Read as Adam's L2 (decay x w
             # added to the gradient: the gradient of 1e-2 * ||w||^2 / 2, TensorFlow's l2_loss) on Q's
@@ -142,15 +123,15 @@ class DDPGAgent:
             groups: list[dict[str, Any]] = [
                 {"params": [p for p in critic_params if p.ndim > 1], "weight_decay": decay},
                 {"params": [p for p in critic_params if p.ndim <= 1], "weight_decay": 0.0}]
-            self.critic_opt = torch.optim.Adam(groups, lr=float(c.critic_lr), **fast)
+            self.critic_opt = torch.optim.Adam(groups, lr=s.critic_lr, **fast)
         else:
-            self.critic_opt = torch.optim.Adam(critic_params, lr=float(c.critic_lr), **fast)
+            self.critic_opt = torch.optim.Adam(critic_params, lr=s.critic_lr, **fast)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
 
         self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
-        self.noise = make_noise(c.noise, spec.action_dim, self.device, self.generator)
+        self.noise = make_noise(s.noise, spec.action_dim, self.device, self.generator)
         self.updates = 0
         self._last_actor_loss = torch.full((), float("nan"), device=self.device)
         self._last_pre_tanh = self._last_saturated = self._last_actor_loss
@@ -458,24 +439,9 @@ class DDPGAgent:
 
     def config_signature(self) -> dict[str, Any]:
         """What the network shapes depend on, as plain values: a checkpoint must match it (==)."""
-        c = self.cfg
-        sig: dict[str, Any] = {"obs_shape": [int(x) for x in self.spec.obs_shape],
-                               "action_dim": int(self.spec.action_dim), "pixels": self.pixels,
-                               "batch_norm": bool(c.batch_norm), "twin_q": bool(c.twin_q)}
-        if self.pixels:
-            enc = _plain(c.encoder)
-            sig["encoder"] = {"type": str(enc["type"]), "channels": [int(x) for x in enc["channels"]],
-                              "kernels": [int(x) for x in enc["kernels"]], "strides": [int(x) for x in enc["strides"]],
-                              "feature_dim": int(enc["feature_dim"]) if has_trunk(enc) else None}
-            if enc.get("center", False):  # only when on: signatures of checkpoints from before the key still match
-                sig["encoder"]["center"] = True
-            sig["hidden"] = [int(h) for h in c.pixel_hidden]
-        else:
-            sig["encoder"] = None
-            sig["hidden"] = [int(h) for h in c.state_hidden]
-        return sig
+        return self.settings.signature(self.spec.obs_shape, self.spec.action_dim)
 
 
 def make_agent(cfg_agent: Any, spec: Any, precision: Precision, seed: int) -> DDPGAgent:
-    """The agent the config describes, for an env spec, on the precision's device."""
-    return DDPGAgent(cfg_agent, spec, precision, seed)
+    """The agent the ``agent`` config describes, for an env spec, on the precision's device."""
+    return DDPGAgent(LearnerSettings.from_config(cfg_agent, bool(spec.pixels)), spec, precision, seed)

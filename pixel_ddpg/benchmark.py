@@ -27,11 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg.baseline import NaiveLoop, NaiveReplay
-from pixel_ddpg.config import UserError, cli, ensure_writable_dir
-from envs.egl import software_rendering
-from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_device, resolve_precision,
-                               set_cpu_threads, usable_cores)
-from pixel_ddpg.replay import ReplayBuffer, bytes_per_transition
+from pixel_ddpg.config import cli, ensure_writable_dir
+from pixel_ddpg.device import (Precision, cpu_compiler, cpu_flags, resolve_compute, resolve_device, resolve_precision,
+                               usable_cores)
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.replay import ReplayBuffer, Sampling
+from pixel_ddpg.replay_memory import bytes_per_transition
+from pixel_ddpg.rundir import write_bytes_atomic
 
 VARIANTS = {"eager_fp32": (None, False), "eager_bf16": (torch.bfloat16, False), "compiled_fp32": (None, True),
             "compiled_bf16": (torch.bfloat16, True)}
@@ -132,17 +134,6 @@ def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]
         return timer.rate(run, frames, "frames/s")
 
 
-def render_cost(settings: EnvSettings, steps: int = 2) -> dict[str, float]:
-    """Milliseconds per rendered frame with each profile, one env, a few steps (for the
-    trainer's start-up line on a software rasterizer)."""
-    timer = Timer(repeats=1, warmup=1, device=torch.device("cpu"))
-    out = {}
-    for profile in ("standard", "fast"):
-        r = _env_rate(dataclasses.replace(settings, render=profile, num_envs=1), timer, steps)
-        out[f"{profile}_ms"] = 1000.0 / r["median"]
-    return out
-
-
 def _synthetic_steps(spec: Any, count: int, seed: int) -> list[tuple[EnvStep, np.ndarray]]:
     """Random observations with episode boundaries, to fill buffers without rendering."""
     rng = np.random.default_rng(seed)
@@ -190,16 +181,11 @@ class Benchmark:
 
         self.settings = EnvSettings.from_config(cfg)
         # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
-        self.precision: Precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile,
-                                                      planned_updates=planned_updates(cfg),
-                                                      compile_min_updates=int(cfg.compile_min_updates),
-                                                      cuda_graphs=cfg.cuda_graphs)
+        self.precision, self.env_threads, self.torch_threads = resolve_compute(cfg, self.settings, planned_updates(cfg))
         self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",
                                                 planned_updates=planned_updates(cfg),
                                                 compile_min_updates=int(cfg.compile_min_updates))
         self.device = self.precision.device
-        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
-        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         self.timer = Timer(int(cfg.repeats), int(cfg.warmup_steps), self.device)
         self.steps = int(cfg.steps)
         self.results: dict[str, Any] = {
@@ -209,13 +195,15 @@ class Benchmark:
                           "end_to_end": variant_of(self.precision)}}
         with make_env(dataclasses.replace(self.settings, num_envs=1)) as probe:
             self.spec = dataclasses.replace(probe.spec, num_envs=self.settings.num_envs)
+        self.sampling = Sampling.from_config(cfg.agent, self.spec.pixels)
 
     @property
     def stages(self) -> dict[str, Any]:
         return self.results["stages"]
 
-    def batch_size(self, agent: Any) -> int:
-        return int(self.cfg.batch_size) if self.cfg.batch_size else int(agent.batch_size)
+    def batch_size(self) -> int:
+        """The benchmark's ``batch_size`` when set, else the learner's (:class:`~pixel_ddpg.replay.Sampling`)."""
+        return int(self.cfg.batch_size) if self.cfg.batch_size else self.sampling.batch_size
 
     def _agent(self, precision: Precision, spec: Any = None) -> Any:
         from pixel_ddpg.agent import make_agent
@@ -224,8 +212,8 @@ class Benchmark:
 
     def _filled_replay(self, capacity: int | None = None) -> ReplayBuffer:
         cap = max(int(self.cfg.replay_capacity if capacity is None else capacity), 64 * self.spec.num_envs)
-        replay = ReplayBuffer(self.spec, cap, self.device, nstep=int(self.cfg.agent.nstep),
-                              gamma=float(self.cfg.agent.gamma), seed=int(self.cfg.seed), verbose=False)
+        replay = ReplayBuffer(self.spec, cap, self.device, nstep=self.sampling.nstep, gamma=self.sampling.gamma,
+                              seed=int(self.cfg.seed), verbose=False)
         steps = _synthetic_steps(self.spec, cap // self.spec.num_envs + 1, int(self.cfg.seed))
         replay.add(steps[0][0], None)
         for st, a in steps[1:]:
@@ -272,7 +260,7 @@ class Benchmark:
 
     def replay(self) -> None:
         replay = self._filled_replay()
-        batch = int(self.cfg.batch_size or (self.cfg.agent.batch_size if self.spec.pixels else self.cfg.agent.state_batch_size))
+        batch = self.batch_size()
         adds = _synthetic_steps(self.spec, self.steps, 1)
 
         def add() -> None:
@@ -291,7 +279,7 @@ class Benchmark:
 
         def naive_sample() -> None:
             for _ in range(self.steps):
-                naive.sample(batch, self.device, float(self.cfg.agent.gamma))
+                naive.sample(batch, self.device, self.sampling.gamma)
 
         self.stages["replay"] = {
             "batch_size": batch,
@@ -334,7 +322,7 @@ class Benchmark:
         autocast as the update. Repeats interleaved, median of each.
         """
         agent = self._agent(Precision(self.device, None, False))
-        b = self.batch_size(agent)
+        b = self.batch_size()
         replay = self._filled_replay(capacity=4 * b)
         # actor and target steps run every actor_delay-th update: count one whole cycle, take the mean
         cycle = [replay.sample(b) for _ in range(agent.actor_delay)]
@@ -423,7 +411,7 @@ class Benchmark:
             amp, compiled = VARIANTS[name]
             agent = self._agent(Precision(self.device, amp, compiled,
                                           cuda_graphs=bool(compiled) and self.device.type == "cuda"))
-            b = sizes[name] = batch_size or self.batch_size(agent)
+            b = sizes[name] = batch_size or self.batch_size()
             batches = [replay.sample(b) for _ in range(self.steps)]
 
             def run(agent: Any = agent, batches: list = batches) -> None:
@@ -499,9 +487,9 @@ class Benchmark:
         one = dataclasses.replace(self.settings, num_envs=1)
         with make_env(one) as env:
             agent = self._agent(Precision(self.device, None, False), env.spec)
-            b = self.batch_size(agent)
+            b = self.batch_size()
             replay = NaiveReplay(env.spec, int(self.cfg.naive_replay_capacity), int(self.cfg.seed))
-            loop = NaiveLoop(env, agent, replay, b, float(self.cfg.agent.gamma), self.device, int(self.cfg.seed))
+            loop = NaiveLoop(env, agent, replay, b, self.sampling.gamma, self.device, int(self.cfg.seed))
             while replay.size < b:
                 loop.step(explore_random=True)
 
@@ -665,9 +653,7 @@ def main_task(cfg: DictConfig) -> dict[str, Any]:
     plot = cfg.sweep.plot or (str(out.with_suffix(".png")) if results.get("sweep") else None)
     if plot:
         results["sweep_plot"] = str(plot_sweep(results, Path(plot)))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    write_bytes_atomic(json.dumps(results, indent=2).encode(), out)
     print(table(results))
     print(f"wrote {out}")
     return results

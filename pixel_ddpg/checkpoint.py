@@ -13,30 +13,28 @@ Format version 1 stored NumPy's RNG state as an ndarray (and torch's version as 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pickle
 import pickletools
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from pixel_ddpg.config import USER_ERRORS, UserError, fail
+from pixel_ddpg.config import fail
+from pixel_ddpg.errors import USER_ERRORS, UserError
+if TYPE_CHECKING:
+    from envs import EnvSettings
+    from pixel_ddpg.agent import DDPGAgent
+from pixel_ddpg.rundir import CKPT_DIR, LAST, RUN_CONFIG, run_config_file, run_dir_of, write_atomic
 
 FORMAT = "pixel_ddpg.checkpoint"
 VERSION = 2
-CKPT_DIR = "checkpoints"
-LAST = "last.pt"
-BEST = "best.pt"
-RUN_CONFIG = "config.yaml"  # the resolved config a run writes in its run dir before it starts
-HYDRA_CONFIG = ".hydra/config.yaml"  # what Hydra wrote there before that
-TMP_MARK = ".tmp-"  # in the name of a file being written: .<name>.tmp-<pid>
 
 # Config keys a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_KEYS = ("total_frames", "device", "compile", "cuda_graphs", "amp", "amp_dtype", "num_threads", "torch_threads", "log", "eval",
@@ -66,91 +64,9 @@ def numpy_rng_from_data(data: dict[str, Any]) -> dict[str, Any]:
                               "pos": int(data["state"]["pos"])}}
 
 
-class WriteError(UserError):
-    """A file of the run could not be written (full disk, quota, file-size limit, read-only
-    folder...): what was there before is intact, and nothing half-written sits under its name."""
-
-
-def write_error(path: Path, exc: OSError, kept: str) -> WriteError:
-    """One line for a failed write of ``path``; ``kept`` says what is left as it was."""
-    return WriteError(f"could not write {path} ({exc.strerror or exc}); {kept}")
-
-
-class _Recording:
-    """A file wrapper that keeps the OSError of a failed write: ``torch.save`` turns it into a
-    RuntimeError without the errno ("unexpected pos ..."), which would hide a full disk."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.error = f, None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self.f.write(data)
-        except OSError as exc:
-            self.error = exc
-            raise
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename: ``path``
-    holds either its previous content or the whole new one, after a kill -9 or a full disk too.
-    A failed write raises :class:`WriteError` and leaves no temporary file."""
-    existed = path.exists()
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            recording = _Recording(f)
-            try:
-                write(recording)  # type: ignore[arg-type]
-            except RuntimeError:
-                if recording.error is None:
-                    raise
-                raise recording.error from None
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise write_error(path, exc, f"{path.name} keeps its previous content" if existed
-                          else "nothing was written under that name") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (a power cut after it must not bring the old file back)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`_write_atomic`)."""
-    _write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """``data`` to ``path`` atomically (config.yaml, a repaired CSV), as :func:`save_atomic`."""
-    _write_atomic(path, lambda f: f.write(data))
-
-
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files that a killed process left in ``run_dir`` and its checkpoints
-    folder. Only the run holding the run dir's lock may call it: no live writer owns them then."""
-    removed = []
-    for folder in (run_dir, run_dir / CKPT_DIR):
-        for tmp in folder.glob(f".*{TMP_MARK}*"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
+    """``torch.save`` ``obj`` to ``path`` atomically (see :func:`pixel_ddpg.rundir.write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -166,26 +82,13 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
-def run_dir_of(checkpoint: Path) -> Path:
-    return checkpoint.parent.parent if checkpoint.parent.name == CKPT_DIR else checkpoint.parent
-
-
-def _run_config_file(run_dir: Path) -> Path | None:
-    """The config a run wrote in ``run_dir`` (config.yaml), else the one Hydra wrote before the
-    run began (.hydra/config.yaml: a run killed before it wrote its own)."""
-    for path in (run_dir / RUN_CONFIG, run_dir / HYDRA_CONFIG):
-        if path.is_file():
-            return path
-    return None
-
-
 def resume_source(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """What ``resume=path`` continues: its run dir and checkpoint. The checkpoint is None for a
     run dir whose run was killed before its first checkpoint (it holds the run's config): that
     run starts again from frame 0, so a kill at any moment leaves something to resume."""
     p = Path(path).expanduser()
     if (p.is_dir() and not any((p / c).is_file() for c in (Path(CKPT_DIR) / LAST, Path(LAST)))
-            and _run_config_file(p) is not None):
+            and run_config_file(p) is not None):
         return p.resolve(), None
     ckpt = find_checkpoint(p).resolve()
     return run_dir_of(ckpt), ckpt
@@ -193,7 +96,7 @@ def resume_source(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def run_config(run_dir: Path) -> DictConfig:
     """The config of the run in ``run_dir`` that has no checkpoint (without its provenance block)."""
-    path = _run_config_file(run_dir)
+    path = run_config_file(run_dir)
     if path is None:
         raise UserError(f"{run_dir} holds no {RUN_CONFIG}; this run cannot be resumed")
     try:
@@ -363,6 +266,23 @@ def check_signature(name: str, saved: dict[str, Any], current: dict[str, Any], p
         diffs = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}"
                  for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
         raise UserError(f"{path} was made with another {name} ({'; '.join(diffs)})")
+
+
+def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
+    """What a checkpoint's networks depend on in the env: refuse a checkpoint when it differs."""
+    return {"task_id": settings.task_id, "obs_type": settings.obs_type, "obs_shape": list(spec.obs_shape),
+            "action_dim": spec.action_dim, "action_repeat": settings.action_repeat,
+            "frame_stack": settings.frame_stack, "render": settings.render, "camera_id": settings.camera_id}
+
+
+def restore_agent(agent: DDPGAgent, ckpt: dict[str, Any], env_sig: dict[str, Any], *, generator: bool = True) -> None:
+    """Load a checkpoint's agent into ``agent`` once its env and network signatures match what this
+    config builds (a :class:`UserError` naming every difference otherwise). ``generator``: as
+    :meth:`~pixel_ddpg.agent.DDPGAgent.load_state_dict` (False where no draws are made)."""
+    path = ckpt["path"]
+    check_signature("env", ckpt["env_signature"], env_sig, path)
+    check_signature("network", ckpt["agent_signature"], agent.config_signature(), path)
+    agent.load_state_dict(ckpt["agent"], generator=generator)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,19 +1,21 @@
 """Composing the Hydra config and running commands with one-line errors.
 
-Every command (train, evaluate, benchmark, envs.preview) goes through :func:`cli`, so a bad
+Every command (train, evaluate, benchmark, preview) goes through :func:`cli`, so a bad
 group choice or value is one clear line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from envs.errors import ConfigError, EGLUnavailable
+from pixel_ddpg.errors import USER_ERRORS, ConfigError, UserError
 
 # conf/ lives at the top of the repo; `pip install .` and the wheel ship it as pixel_ddpg/conf
 # (pyproject.toml maps the package `pixel_ddpg.conf` onto it).
@@ -21,13 +23,6 @@ PACKAGED_CONF_DIR = Path(__file__).resolve().parent / "conf"
 SOURCE_CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # a clone, or `pip install -e .`
 GROUPS = ("env", "obs", "agent", "launcher")
 
-
-class UserError(RuntimeError):
-    """A problem the user can fix (bad path, bad checkpoint, no GPU...): printed as one line."""
-
-
-# Errors shown as one line; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, EGLUnavailable, UserError)
 
 
 def _dmc(field: str, name: str) -> str | int:
@@ -37,7 +32,7 @@ def _dmc(field: str, name: str) -> str | int:
 
 
 def _gym_name(env_id: str) -> str:
-    from envs.gym_env import slug
+    from envs.gym_registry import slug
 
     return slug(env_id)
 
@@ -46,7 +41,7 @@ def _register_resolvers() -> None:
     """``${div:a,b}``: conf/launcher/local.yaml splits the replay's memory share between the jobs
     that run at once; ``${dmc:field,task}``: conf/env/dmc.yaml reads a dm_control task's EnvPool id,
     domain and time limit (:mod:`envs.dmc`); ``${gym_name:id}``: conf/env/gym.yaml's run-dir-safe
-    name of a Gymnasium id (:mod:`envs.gym_env`). Registered on import, so every process that composes
+    name of a Gymnasium id (:mod:`envs.gym_registry`). Registered on import, so every process that composes
     or resolves has them (a joblib or submitit worker imports this module to run the job)."""
     if not OmegaConf.has_resolver("div"):
         OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b))
@@ -86,8 +81,11 @@ def group_choices(group: str) -> list[str]:
 
 
 def check_group_overrides(overrides: Sequence[str]) -> None:
-    """Name a bad ``env=``/``obs=``/``agent=`` choice, or an unknown ``env.task=`` of env=dmc, in
-    one line, before Hydra composes (Hydra would resolve the run dir's name first, with a traceback)."""
+    """Name a bad ``env=``/``obs=``/``agent=`` choice, or an env choice that lacks its task
+    (:func:`envs.settings.check_env_choice`), in one line, before Hydra composes (Hydra would
+    resolve the run dir's name first, with a traceback)."""
+    from envs.settings import check_env_choice
+
     envs_chosen: list[str] = []
     tasks: list[str] = []
     gym_id = False
@@ -104,15 +102,7 @@ def check_group_overrides(overrides: Sequence[str]) -> None:
             tasks = value.split(",")
         elif sep and key == "env.id":
             gym_id = True
-    if "gym" in envs_chosen and not gym_id:
-        raise ConfigError("env=gym needs env.id=<a Gymnasium id> (module:Id imports module first, which may register it)")
-    if "dmc" in envs_chosen:
-        if not tasks:
-            raise ConfigError("env=dmc needs env.task=<domain_task>, dm_control's name of the task (e.g. env.task=fish_swim)")
-        from envs.dmc import find_task
-
-        for task in tasks:
-            find_task(task)
+    check_env_choice(envs_chosen, tasks, gym_id)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -125,9 +115,17 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse for the commands that take paths, not a config to compose (plot, report): usage
+    mistakes are one ``error:`` line and exit code 2, like the Hydra commands' (:func:`cli`)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
 
 
 def cli(task: Callable[[DictConfig], object], config_name: str = "config",

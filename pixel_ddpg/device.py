@@ -13,11 +13,14 @@ import os
 import shutil
 import sysconfig
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from envs.errors import ConfigError
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from envs import EnvSettings
 
 _SWITCH = {"auto": None, True: True, False: False, "true": True, "false": False}
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of native bf16 math
@@ -224,3 +227,22 @@ def set_cpu_threads(device: torch.device, threads: object = "auto", env_threads:
         raise ConfigError(f"torch_threads={threads!r} must be auto or a positive whole number")
     torch.set_num_threads(threads)
     return threads
+
+
+def resolve_compute(cfg: Any, settings: EnvSettings, planned_updates: int | None) -> tuple[Precision, int, int]:
+    """What a run computes with, from its config: the precision (:func:`resolve_precision`), then
+    EnvPool's threads (:meth:`~envs.EnvSettings.envpool_threads`, one on a software rasterizer) and
+    torch's (:func:`set_cpu_threads`, which sets them); returns ``(precision, env_threads,
+    torch_threads)``. ``planned_updates``: the run's, for ``compile=auto``.
+
+    The trainer and the benchmark (which times what the trainer would run) both start here.
+    Configs saved before ``compile_min_updates``, ``cuda_graphs`` and ``torch_threads`` existed
+    (older checkpoints') get the behaviour of that time."""
+    from envs.egl import software_rendering
+
+    precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates,
+                                  compile_min_updates=int(cfg.get("compile_min_updates", 0)),
+                                  cuda_graphs=cfg.get("cuda_graphs", "auto"))
+    env_threads = settings.envpool_threads(settings.pixels and software_rendering())
+    torch_threads = set_cpu_threads(precision.device, cfg.get("torch_threads", "auto"), env_threads=env_threads)
+    return precision, env_threads, torch_threads

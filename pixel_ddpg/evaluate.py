@@ -15,7 +15,6 @@ that followed, step by step (``q_record.npz``; bias and correlation in eval.json
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, make_env
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
-from pixel_ddpg.config import UserError, cli, ensure_writable_dir
+from pixel_ddpg import provenance, rundir
+from pixel_ddpg.config import cli, ensure_writable_dir
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
 from pixel_ddpg.rollout import agent_policy, run_episodes
@@ -166,18 +166,18 @@ def _source(path: str) -> dict[str, Any]:
         p = Path(path).expanduser().resolve()
         return {"exported": module, "path": p, "config": OmegaConf.create(meta["config"]),
                 "frame": int(meta["checkpoint_frame"]), "provenance": meta.get("provenance"),
-                "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / "eval" / p.stem}
+                "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / rundir.EVAL_DIR / p.stem}
     ckpt = ckpt_io.load(path)
-    run_dir = ckpt_io.run_dir_of(ckpt["path"])
+    run_dir = rundir.run_dir_of(ckpt["path"])
     return {"checkpoint": ckpt, "path": ckpt["path"], "config": ckpt_io.checkpoint_config(ckpt),
             "frame": int(ckpt["counters"]["frame"]), "provenance": ckpt.get("provenance"),
             "env_signature": ckpt["env_signature"], "run_dir": run_dir,
-            "out": run_dir / "eval" / f"frame_{ckpt['counters']['frame']}"}
+            "out": run_dir / rundir.EVAL_DIR / f"frame_{ckpt['counters']['frame']}"}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pixel_ddpg.agent import make_agent
-    from pixel_ddpg.trainer import EVAL_SEED_OFFSET, env_signature
+    from pixel_ddpg.trainer import EVAL_SEED_OFFSET
 
     episodes = int(cfg.episodes)
     if episodes < 1:
@@ -207,17 +207,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     num_envs = int(cfg.num_envs) if cfg.num_envs is not None else min(episodes, int(train_cfg.eval.num_envs))
     settings = EnvSettings.from_config(train_cfg, num_envs=num_envs, seed=seed)
     with make_env(settings) as env:
-        ckpt_io.check_signature("env", src["env_signature"], env_signature(settings, env.spec), src["path"])
+        env_sig = ckpt_io.env_signature(settings, env.spec)
         qrec = None
         if exported:
+            ckpt_io.check_signature("env", src["env_signature"], env_sig, src["path"])
             policy = _exported_policy(src["exported"])
         else:
-            ckpt = src["checkpoint"]
             agent = make_agent(train_cfg.agent, env.spec, precision, seed)
-            ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-            agent.load_state_dict(ckpt["agent"], generator=False)  # deterministic actions draw nothing
+            ckpt_io.restore_agent(agent, src["checkpoint"], env_sig, generator=False)  # deterministic actions draw nothing
             policy = agent_policy(agent, precision.device)
-            qrec = QRecorder(agent, num_envs, gamma=float(train_cfg.agent.gamma)) if q_record else None
+            qrec = QRecorder(agent, num_envs, gamma=agent.settings.sampling.gamma) if q_record else None
         recorder = None
         strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
         if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:
@@ -248,10 +247,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         from pixel_ddpg.plot import plot_runs
 
         summary["plot"] = str(plot_runs([run_dir], out / "curve.png"))
-    tmp = out / ".eval.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "eval.json")
-    print(f"wrote {out / 'eval.json'}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
+    path = rundir.write_bytes_atomic(json.dumps(summary, indent=2).encode(), out / rundir.EVAL_JSON)
+    print(f"wrote {path}" + (f" and {len(summary['videos'])} video(s)" if summary["videos"] else ""))
     return summary
 
 

@@ -28,8 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg import provenance, rundir
+from pixel_ddpg.config import cli
+from pixel_ddpg.errors import UserError
 
 META_FILE = "pixel_ddpg.json"
 FORMAT = "pixel_ddpg.policy"
@@ -55,22 +56,20 @@ def _policy_module(ckpt: dict[str, Any]) -> tuple[ExportedPolicy, Any, DictConfi
     from envs import EnvSettings, make_env
     from pixel_ddpg.agent import make_agent
     from pixel_ddpg.device import resolve_precision
-    from pixel_ddpg.trainer import env_signature
 
     train_cfg = ckpt_io.checkpoint_config(ckpt)
     settings = EnvSettings.from_config(train_cfg, num_envs=1)
     with make_env(settings) as env:  # the spec (shapes, bounds) exactly as training saw it
         spec = env.spec
-        ckpt_io.check_signature("env", ckpt["env_signature"], env_signature(settings, spec), ckpt["path"])
+    env_sig = ckpt_io.env_signature(settings, spec)
     precision = resolve_precision("cpu", "false", "bfloat16", "false")
     agent = make_agent(train_cfg.agent, spec, precision, int(train_cfg.seed))
-    ckpt_io.check_signature("network", ckpt["agent_signature"], agent.config_signature(), ckpt["path"])
-    agent.load_state_dict(ckpt["agent"])
+    ckpt_io.restore_agent(agent, ckpt, env_sig)
     module = ExportedPolicy(agent.encoder, agent.actor).eval().requires_grad_(False)
     # Plain (NCHW) weights: torch.export.save groups channels-last weights badly (it warns "No
     # complete tensor found"); the input still goes channels-last inside the encoder, as in training.
     module = module.to(memory_format=torch.contiguous_format)
-    return module, spec, train_cfg, env_signature(settings, spec)
+    return module, spec, train_cfg, env_sig
 
 
 def metadata(ckpt: dict[str, Any], spec: Any, train_cfg: DictConfig, env_sig: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +115,7 @@ def write_onnx(module: ExportedPolicy, spec: Any, out: Path) -> Path:
                                     dynamic_shapes={"obs": {0: batch}}, verbose=False)
     buffer = io.BytesIO()
     program.save(buffer)  # type: ignore[union-attr]
-    ckpt_io.write_bytes_atomic(buffer.getvalue(), out)
+    rundir.write_bytes_atomic(buffer.getvalue(), out)
     return out
 
 
@@ -169,7 +168,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META_FILE: json.dumps(meta)})
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_io.write_bytes_atomic(buffer.getvalue(), out)
+    rundir.write_bytes_atomic(buffer.getvalue(), out)
     written = [out]
     if onnx == "true" or (onnx == "auto" and onnx_available()):
         written.append(write_onnx(module, spec, out.with_suffix(".onnx")))

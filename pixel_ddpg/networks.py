@@ -16,16 +16,14 @@ hidden layer of the actor, and on the critic's layers before the action joins.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from envs.errors import ConfigError
-
-ENCODER_TYPES = ("paper", "drqv2")
-INITS = ("paper", "orthogonal")
+if TYPE_CHECKING:
+    from pixel_ddpg.learner import LearnerSettings
 
 
 def fan_in_uniform_(layer: nn.Module, bound: float | None = None) -> None:
@@ -209,62 +207,20 @@ class Critic(nn.Module):
         return [head(x, action) for head in self.heads]
 
 
-def _ints(values: Any, key: str) -> list[int]:
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{key}={values!r} must be a list of whole numbers") from exc
-    if not out or min(out) < 1:
-        raise ConfigError(f"{key}={values!r} must be a non-empty list of positive whole numbers")
-    return out
-
-
-def has_trunk(enc: Any) -> bool:
-    """``agent.encoder.trunk``; a config saved before the key existed (an older checkpoint's)
-    had a trunk exactly when the encoder type was drqv2."""
-    trunk = enc.get("trunk", str(enc.get("type")) == "drqv2")
-    if trunk not in (True, False):
-        raise ConfigError(f"agent.encoder.trunk={trunk!r} must be true or false")
-    return bool(trunk)
-
-
-def build_networks(cfg_agent: Any, obs_shape: tuple[int, ...], action_low: np.ndarray,
+def build_networks(settings: LearnerSettings, obs_shape: tuple[int, ...], action_low: np.ndarray,
                    action_high: np.ndarray) -> tuple[Encoder, Actor, Critic]:
-    """Encoder, actor and critic the agent config describes, on the CPU, initialised from the
+    """Encoder, actor and critic the learner settings describe, on the CPU, initialised from the
     global RNG (the agent seeds it inside ``fork_rng``)."""
-    c = cfg_agent
-    pixels = len(obs_shape) == 3
-    enc = c.encoder
-    kind = str(enc.type)
-    if kind not in ENCODER_TYPES:
-        raise ConfigError(f"agent.encoder.type={kind!r} is not known; choose one of {list(ENCODER_TYPES)}")
-    channels = _ints(enc.channels, "agent.encoder.channels")
-    kernels = _ints(enc.kernels, "agent.encoder.kernels")
-    strides = _ints(enc.strides, "agent.encoder.strides")
-    if not len(channels) == len(kernels) == len(strides):
-        raise ConfigError("agent.encoder.channels, kernels and strides must be lists of the same length; "
-                          f"got {channels}, {kernels}, {strides}")
-    hidden = _ints(c.pixel_hidden if pixels else c.state_hidden, "agent.pixel_hidden" if pixels else "agent.state_hidden")
-    trunk_dim = int(enc.feature_dim) if pixels and has_trunk(enc) else None
-    if trunk_dim is not None and trunk_dim < 1:
-        raise ConfigError(f"agent.encoder.feature_dim={trunk_dim} must be positive")
-    final_init = float(c.final_init_pixels if pixels else c.final_init_state)
-    batch_norm = bool(c.batch_norm)
+    enc = settings.encoder
+    hidden, trunk_dim, batch_norm = list(settings.hidden), enc.feature_dim, settings.batch_norm
     action_dim = int(np.asarray(action_low).shape[0])
-
-    center = enc.get("center", False)  # configs saved before the key existed: [0, 1] input
-    if center not in (True, False):
-        raise ConfigError(f"agent.encoder.center={center!r} must be true or false")
-    init = str(c.get("init", "paper"))  # configs saved before the key existed: the paper's init
-    if init not in INITS:
-        raise ConfigError(f"agent.init={init!r} is not known; choose one of {list(INITS)}")
-    encoder = Encoder(tuple(obs_shape), channels, kernels, strides, batch_norm, center)
-    actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, action_low, action_high)
-    critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, final_init, bool(c.twin_q))
-    if init == "orthogonal":
+    encoder = Encoder(tuple(obs_shape), list(enc.channels), list(enc.kernels), list(enc.strides), batch_norm, enc.center)
+    actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, action_low, action_high)
+    critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, settings.twin_q)
+    if settings.init == "orthogonal":
         for net in (encoder, actor, critic):
             orthogonal_init_(net)
     return encoder, actor, critic
 
 
-__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_", "has_trunk", "orthogonal_init_"]
+__all__ = ["Actor", "Critic", "Encoder", "QHead", "build_networks", "fan_in_uniform_", "orthogonal_init_"]

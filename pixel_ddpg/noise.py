@@ -9,11 +9,14 @@ training, and a new batch means new episodes anyway).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pixel_ddpg.learner import NoiseSettings
 
 NOISE_TYPES = ("ou", "gaussian")
 
@@ -100,15 +103,13 @@ class GaussianNoise:
         pass
 
 
-def make_noise(cfg_noise: Any, action_dim: int, device: torch.device,
+def make_noise(settings: NoiseSettings, action_dim: int, device: torch.device,
                generator: torch.Generator) -> OUNoise | GaussianNoise:
     """The process named by ``agent.noise.type``."""
-    kind = str(cfg_noise.type)
-    if kind == "ou":
-        # configs saved before the schedule existed (older checkpoints): a constant sigma
-        return OUNoise(action_dim, cfg_noise.theta, cfg_noise.sigma, cfg_noise.dt, device, generator,
-                       cfg_noise.get("sigma_end"), int(cfg_noise.get("sigma_frames", 0)))
-    if kind == "gaussian":
-        return GaussianNoise(action_dim, cfg_noise.std_start, cfg_noise.std_end, cfg_noise.std_frames,
-                             cfg_noise.clip, device, generator)
-    raise ConfigError(f"agent.noise.type={kind!r} is not known; choose one of {list(NOISE_TYPES)}")
+    if settings.type == "ou":
+        return OUNoise(action_dim, settings.theta, settings.sigma, settings.dt, device, generator,
+                       settings.sigma_end, settings.sigma_frames)
+    if settings.type == "gaussian":
+        return GaussianNoise(action_dim, settings.std_start, settings.std_end, settings.std_frames,
+                             settings.clip, device, generator)
+    raise ConfigError(f"agent.noise.type={settings.type!r} is not known; choose one of {list(NOISE_TYPES)}")

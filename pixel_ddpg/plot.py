@@ -16,7 +16,7 @@ Why argparse and not Hydra: this command takes paths, not a config to compose.
 Grouping (``--label-by env``, the default): runs whose configs are equal except for the seed
 are one curve, the mean over seeds on a common frame grid with a shaded min–max band across
 seeds. A run's config is its ``.hydra/config.yaml`` (else the ``config.yaml`` the trainer
-writes beside it); keys that do not change what is learned (:data:`IGNORED_KEYS`: seed, run
+writes beside it); keys that do not change what is learned (:data:`pixel_ddpg.rundir.IGNORED_KEYS`: seed, run
 length, logging, checkpoints, device, threads, compile) are left out of the comparison. A run
 dir with no config is grouped by its name with a trailing ``-seed<N>`` removed (Hydra's
 multirun subdir ``<env>-<obs>-seed<N>``), or else by its parent folder's name (a single run's
@@ -33,175 +33,19 @@ line ``error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
-import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
 
 import numpy as np
 
-from pixel_ddpg.config import UserError, fail
+from pixel_ddpg.config import ArgParser, fail
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.figures import group_labels, new_figure, save_figure
+from pixel_ddpg.rundir import Run, load_run
 
-EVAL_CSV = "eval.csv"
-REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
-CONFIG_FILES = (Path(".hydra") / "config.yaml", Path("config.yaml"))
-# Config keys that do not change what is learned; runs differing only in these (and the seed)
-# are seeds of one configuration.
-IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
-                "compile", "provenance")
 LABEL_BY = ("env", "seed", "dir")
-FIGSIZE = (8.0, 5.0)  # inches
-DPI = 100  # so the PNG is 800x500 pixels
-_SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
-
-
-@dataclass
-class Run:
-    """One run dir's evaluation curve and what it is a seed of."""
-
-    path: Path
-    frame: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    group: str  # runs with equal groups differ only in seed
-    label: str  # human name of the group, e.g. "cheetah pixels"
-    seed: int | None
-    config: dict[str, Any] | None  # flattened, without IGNORED_KEYS
-
-
-def read_eval_csv(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame, return_mean, return_std) sorted by frame; a missing std (one episode) is 0."""
-    path = run_dir / EVAL_CSV
-    if not run_dir.is_dir():
-        raise UserError(f"run dir {run_dir} " + ("is not a folder" if run_dir.exists() else "does not exist"))
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no {EVAL_CSV}; is it a pixel_ddpg run dir that has evaluated at least once?")
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames
-            if not header:
-                raise UserError(f"{path} is empty")
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise UserError(f"{path} lacks the column(s) {', '.join(missing)} (has {', '.join(header)})")
-            rows: dict[float, tuple[float, float]] = {}
-            for row in reader:
-                line = reader.line_num
-                frame = _number(row, "frame", path, line)
-                mean = _number(row, "return_mean", path, line)
-                std = _number(row, "return_std", path, line, missing_ok=True)
-                if not math.isfinite(frame) or not math.isfinite(mean):
-                    raise UserError(f"{path} line {line}: frame and return_mean must be finite")
-                rows[frame] = (mean, std if math.isfinite(std) else 0.0)  # a repeated frame: the last row wins
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if not rows:
-        raise UserError(f"{path} has a header but no evaluation rows yet")
-    frames = np.array(sorted(rows), dtype=np.float64)
-    values = np.array([rows[f] for f in frames], dtype=np.float64)
-    return frames, values[:, 0], values[:, 1]
-
-
-def _number(row: dict[str, str | None], key: str, path: Path, line: int, missing_ok: bool = False) -> float:
-    text = row.get(key)
-    if text is None or text.strip() == "":
-        if missing_ok:
-            return math.nan
-        raise UserError(f"{path} line {line}: no value for {key}")
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{path} line {line}: {key} is {text!r}, not a number") from None
-
-
-def read_config(run_dir: Path) -> dict[str, Any] | None:
-    """The run's composed config as a plain dict, or None if the run dir has none."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    for name in CONFIG_FILES:
-        path = run_dir / name
-        if path.is_file():
-            try:
-                cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-            except (OSError, ValueError, OmegaConfBaseException) as exc:  # yaml errors are ValueErrors
-                raise UserError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-            if not isinstance(cfg, dict):
-                raise UserError(f"{path} is not a config mapping")
-            return cfg
-    return None
-
-
-def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _flatten(cfg).items() if k.split(".")[0] not in IGNORED_KEYS}
-
-
-def load_run(run_dir: Path) -> Run:
-    """Read one run dir: its curve, its config group, its seed."""
-    frame, mean, std = read_eval_csv(run_dir)
-    cfg = read_config(run_dir)
-    match = _SEED_SUFFIX.match(run_dir.name)
-    if cfg is not None:
-        flat = _comparable(cfg)
-        group = repr(sorted(flat.items()))
-        env, obs = cfg.get("env"), cfg.get("obs")
-        label = f"{env.get('name', '?') if isinstance(env, dict) else '?'} {obs.get('type', '?') if isinstance(obs, dict) else '?'}"
-        seed = cfg.get("seed")
-        seed = int(seed) if isinstance(seed, int) else None
-    else:
-        label = match["name"] if match else run_dir.resolve().parent.name
-        group = f"dir:{label}"
-        seed = int(match["seed"]) if match else None
-        flat = None
-    return Run(run_dir, frame, mean, std, group, label, seed, flat)
-
-
-def _differences(config: dict[str, Any], base: dict[str, Any]) -> list[str]:
-    """``key=value`` for each key where ``config`` differs from ``base``; another agent preset is
-    named once (``agent.name=ddpg``), not by every setting the presets differ in."""
-    keys = sorted(set(config) | set(base))
-    differing = [k for k in keys if repr(config.get(k)) != repr(base.get(k))]
-    if "agent.name" in differing:
-        differing = ["agent.name"] + [k for k in differing if not k.startswith("agent.")]
-    return [f"{k}={config.get(k)}" for k in differing]
-
-
-def group_labels(groups: dict[str, list[Run]]) -> dict[str, str]:
-    """Group labels; groups sharing a label (same env and obs) are named by how their config
-    differs from the group with the most seeds (at most 3 keys), which keeps the plain label."""
-    labels = {g: runs[0].label for g, runs in groups.items()}
-    by_label: dict[str, list[str]] = {}
-    for g, label in labels.items():
-        by_label.setdefault(label, []).append(g)
-    for label, gs in by_label.items():
-        if len(gs) < 2:
-            continue
-        base = max(gs, key=lambda g: len(groups[g]))  # the first of the largest groups
-        base_config = groups[base][0].config or {}
-        for g in gs:
-            if g == base:
-                continue
-            extra = _differences(groups[g][0].config or {}, base_config)
-            shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
-            labels[g] = f"{label} ({shown})" if extra else f"{label} [{groups[g][0].path.parent.name}]"
-    return labels
 
 
 def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -215,37 +59,6 @@ def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     grid = grid[(grid >= lo) & (grid <= hi)]
     curves = np.stack([np.interp(grid, r.frame, r.mean) for r in runs])
     return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
-
-
-def new_figure(out: Path, figsize: tuple[float, float] = FIGSIZE) -> Any:
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend switch), after
-    checking that ``out``'s suffix is an image type Agg writes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=DPI)
-    canvas = FigureCanvasAgg(fig)
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    if fmt not in canvas.get_supported_filetypes():
-        raise UserError(f"cannot write {out}: unknown image type {fmt!r}; use .png")
-    return fig
-
-
-def save_figure(fig: Any, out: Path) -> Path:
-    """Write ``fig`` whole to a temporary file, then rename: never half a PNG."""
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: folder {out.parent} cannot be created ({exc.strerror or exc})") from None
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    return out
 
 
 def plot_runs(
@@ -415,16 +228,8 @@ def _reference(text: str) -> tuple[str, float]:
     return label.strip(), number
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with usage mistakes as one ``error:`` line and exit code 2, like the other commands."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see --help)")
-        raise AssertionError("unreachable")
-
-
 def _main_q(argv: Sequence[str]) -> None:
-    parser = _Parser(prog="python -m pixel_ddpg.plot q",
+    parser = ArgParser(prog="python -m pixel_ddpg.plot q",
                      description="The critic's Q against the observed return (DDPG paper, Figure 3).")
     parser.add_argument("sources", nargs="+", type=Path, metavar="EVAL",
                         help="eval dirs holding q_record.npz (from evaluate), or the files; one colour each")
@@ -453,7 +258,7 @@ def _write_figure(draw: Callable[[], Path]) -> None:
 
 
 def _main_curves(argv: Sequence[str]) -> None:
-    parser = _Parser(prog="python -m pixel_ddpg.plot", description="Plot evaluation return against env frames.")
+    parser = ArgParser(prog="python -m pixel_ddpg.plot", description="Plot evaluation return against env frames.")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs holding eval.csv")
     parser.add_argument("--out", type=Path, default=Path("curve.png"), help="image to write (default: curve.png)")
     parser.add_argument("--label-by", choices=LABEL_BY, default="env",

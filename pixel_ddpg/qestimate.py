@@ -26,7 +26,6 @@ episode's last observation, and eval.json reports three comparisons:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ import numpy as np
 import torch
 
 from envs import EnvStep
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.rundir import write_atomic
 from pixel_ddpg.rollout import Policy, episode_quota
 
 RECORD_FILE = "q_record.npz"
@@ -78,13 +78,10 @@ class QRecord:
         return self.ret + self.tail_weight * self.tail_q
 
     def save(self, path: Path) -> Path:
-        """Written whole to a temporary file, then renamed."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **{k: getattr(self, k) for k in _ARRAYS}, gamma=np.float64(self.gamma),
-                                **{f"meta_{k}": np.asarray(v) for k, v in self.meta.items()})
-        os.replace(tmp, path)
-        return path
+        """Written whole or not at all (:func:`pixel_ddpg.rundir.write_atomic`)."""
+        return write_atomic(path, lambda f: np.savez_compressed(
+            f, **{k: getattr(self, k) for k in _ARRAYS}, gamma=np.float64(self.gamma),
+            **{f"meta_{k}": np.asarray(v) for k, v in self.meta.items()}))
 
 
 def load_record(path: Path | str) -> QRecord:

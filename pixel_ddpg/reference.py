@@ -21,7 +21,9 @@ import torch
 from omegaconf import DictConfig
 
 from envs import EnvSettings, make_env
-from pixel_ddpg.config import UserError, cli
+from pixel_ddpg.config import cli
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.learner import NoiseSettings
 from pixel_ddpg.noise import make_noise
 from pixel_ddpg.rollout import EpisodeResults, run_episodes
 
@@ -31,7 +33,7 @@ POLICIES = ("random", "zero", "noise")
 def _noise_policy(spec: Any, noise_cfg: Any, seed: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The exploration process around a zero action, scaled and clipped to the bounds as the agent does."""
     generator = torch.Generator().manual_seed(seed)
-    noise = make_noise(noise_cfg, spec.action_dim, torch.device("cpu"), generator)
+    noise = make_noise(NoiseSettings.from_config(noise_cfg), spec.action_dim, torch.device("cpu"), generator)
     low, high = spec.action_low, spec.action_high
     center, scale = (high + low) / 2, (high - low) / 2
 

@@ -6,7 +6,7 @@ with stratified bootstrap confidence intervals, computed by ``rliable`` (Agarwal
 
 Runs: every folder holding an ``eval.csv`` under the given dirs (a Hydra sweep dir, a parent of
 several, or run dirs themselves). Tasks: runs whose configs differ only in the seed (and the
-keys :data:`pixel_ddpg.plot.IGNORED_KEYS` leaves out) are the seeds of one task, labelled by
+keys :data:`pixel_ddpg.rundir.IGNORED_KEYS` leaves out) are the seeds of one task, labelled by
 env and obs as in the curves. A run's score is the mean evaluation return (``return_mean``) of
 its last ``--last`` rows of eval.csv (default 1: the final evaluation), the raw dm_control
 return (every task is on the same 0-1000 scale, so nothing is normalised). Across tasks, the
@@ -20,7 +20,7 @@ one for all tasks, point estimate and confidence interval, every run's score as 
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 import warnings
 from collections.abc import Sequence
@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from pixel_ddpg.config import UserError, fail
-from pixel_ddpg.plot import EVAL_CSV, Run, _Parser, group_labels, load_run, new_figure, save_figure
+from pixel_ddpg.config import ArgParser, fail
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.figures import group_labels, new_figure, save_figure
+from pixel_ddpg.rundir import EVAL_CSV, Run, WriteError, load_run, write_atomic
 
 ALL_TASKS = "all tasks"
 STATISTICS = ("mean", "iqm")
@@ -152,19 +154,16 @@ def markdown_table(rows: Sequence[Row], basis: str, confidence: float) -> str:
 
 
 def write_csv(rows: Sequence[Row], basis: str, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([r.task, r.runs, r.seeds, r.frames, basis, r.point["mean"], r.low["mean"], r.high["mean"],
+                    r.point["iqm"], r.low["iqm"], r.high["iqm"]])
     try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow([r.task, r.runs, r.seeds, r.frames, basis, r.point["mean"], r.low["mean"], r.high["mean"],
-                            r.point["iqm"], r.low["iqm"], r.high["iqm"]])
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+        return write_atomic(path, lambda f: f.write(buf.getvalue().encode()))
+    except WriteError as exc:
+        raise UserError(f"cannot write {path}: {exc.reason}") from None
 
 
 def plot_report(rows: Sequence[Row], tasks: Sequence[TaskScores], out: Path, basis: str, confidence: float,
@@ -210,7 +209,7 @@ def report(paths: Sequence[Path | str], out: Path | str, last: int = 1, reps: in
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pixel_ddpg.report") -> None:
-    parser = _Parser(prog=prog, description="Mean and IQM with bootstrap confidence intervals over a sweep's runs.")
+    parser = ArgParser(prog=prog, description="Mean and IQM with bootstrap confidence intervals over a sweep's runs.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="DIR", help="sweep dirs or run dirs (eval.csv below)")
     parser.add_argument("--out", type=Path, default=Path("report.png"), help="figure (default: report.png)")
     parser.add_argument("--table", type=Path, default=None, help="CSV table (default: the figure's name, .csv)")

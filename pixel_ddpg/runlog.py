@@ -22,13 +22,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pixel_ddpg.checkpoint import write_bytes_atomic, write_error
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.rundir import EVAL_CSV, LOCK_FILE, TB_DIR, TRAIN_CSV, write_bytes_atomic, write_error
 
 TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "critic_loss", "actor_loss", "q",
                 "target_q", "feat_norm", "dead_ch", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")
 EVAL_FIELDS = ("frame", "step", "return_mean", "return_std", "episodes", "length_mean", "wall_s")
-LOCK_FILE = "run.lock"
 
 
 class CsvLog:
@@ -199,11 +198,6 @@ def _fmt(value: object) -> object:
     return value
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rest = divmod(seconds, 3600)
@@ -275,13 +269,13 @@ class RunLog:
 
     def __init__(self, run_dir: Path, *, total_frames: int, resume_frame: int | None, tensorboard: bool,
                  progress: object, progress_every_s: float = 10.0) -> None:
-        self.train = CsvLog(run_dir / "train.csv", TRAIN_FIELDS, resume_frame)
-        self.eval = CsvLog(run_dir / "eval.csv", EVAL_FIELDS, resume_frame)
+        self.train = CsvLog(run_dir / TRAIN_CSV, TRAIN_FIELDS, resume_frame)
+        self.eval = CsvLog(run_dir / EVAL_CSV, EVAL_FIELDS, resume_frame)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_frame)
+            self.tb = SummaryWriter(log_dir=str(run_dir / TB_DIR), purge_step=resume_frame)
         self.progress = Progress(total_frames, resume_frame or 0, progress, progress_every_s)
 
     def scalars(self, prefix: str, row: Mapping[str, object], frame: int) -> None:

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.settings import resolve_render
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
-from pixel_ddpg.config import USER_ERRORS, cli, ensure_writable_dir, to_yaml
+from pixel_ddpg import provenance, rundir
+from pixel_ddpg.config import cli, ensure_writable_dir, to_yaml
+from pixel_ddpg.errors import USER_ERRORS
 from pixel_ddpg.runlog import RunLock
 
 
@@ -51,10 +52,10 @@ def _remove_if_only_hydra(run_dir: Path) -> None:
 def _start_again(run_dir: Path) -> None:
     """A run killed before its first checkpoint starts again from frame 0: its rows go too."""
     print(f"{run_dir} has no checkpoint (its run stopped before the first one): starting it again from frame 0 "
-          f"with its {ckpt_io.RUN_CONFIG}", flush=True)
-    for name in ("train.csv", "eval.csv"):
+          f"with its {rundir.RUN_CONFIG}", flush=True)
+    for name in (rundir.TRAIN_CSV, rundir.EVAL_CSV):
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
+    shutil.rmtree(run_dir / rundir.TB_DIR, ignore_errors=True)
 
 
 def run(cfg: DictConfig) -> None:
@@ -72,7 +73,7 @@ def run(cfg: DictConfig) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     try:
-        ckpt_io.remove_stale_temporaries(run_dir)  # a killed run's half-written files
+        rundir.remove_stale_temporaries(run_dir)  # a killed run's half-written files
         resume = None
         if cfg.resume:
             if checkpoint is None:
@@ -92,17 +93,17 @@ def run(cfg: DictConfig) -> None:
         # A run without a checkpoint writes them first: killed from here on, resume= starts it again.
         config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()
         if resume is None:
-            ckpt_io.write_bytes_atomic(config_yaml, run_dir / ckpt_io.RUN_CONFIG)
+            rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
         try:
             trainer = Trainer(cfg, run_dir, resume=resume)
         except USER_ERRORS:
             if not cfg.resume:  # a run that never started leaves nothing behind
-                (run_dir / ckpt_io.RUN_CONFIG).unlink(missing_ok=True)
+                (run_dir / rundir.RUN_CONFIG).unlink(missing_ok=True)
                 lock.release()
                 _remove_if_only_hydra(run_dir)
             raise
         if resume is not None:
-            ckpt_io.write_bytes_atomic(config_yaml, run_dir / ckpt_io.RUN_CONFIG)
+            rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
         print(f"run dir: {run_dir}", flush=True)
         result = trainer.train()
     finally:

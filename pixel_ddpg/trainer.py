@@ -22,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
+from envs.render_cost import render_cost
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg import provenance
-from pixel_ddpg.agent import make_agent
+from pixel_ddpg import provenance, rundir
+from pixel_ddpg.agent import DDPGAgent
 from pixel_ddpg.batch import Batch
-from pixel_ddpg.config import UserError
-from pixel_ddpg.device import Precision, resolve_precision, set_cpu_threads, usable_cores
+from pixel_ddpg.device import resolve_compute, usable_cores
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.learner import LearnerSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -44,13 +46,6 @@ AGENT_MODULES = ("encoder", "actor", "critic", "target_encoder", "target_actor",
 
 class NonFiniteError(UserError):
     """A loss, Q value or weight became NaN or infinite: the run stops before it saves anything."""
-
-
-def env_signature(settings: EnvSettings, spec: Any) -> dict[str, Any]:
-    """What a checkpoint's networks depend on in the env: refuse a checkpoint when it differs."""
-    return {"task_id": settings.task_id, "obs_type": settings.obs_type, "obs_shape": list(spec.obs_shape),
-            "action_dim": spec.action_dim, "action_repeat": settings.action_repeat,
-            "frame_stack": settings.frame_stack, "render": settings.render, "camera_id": settings.camera_id}
 
 
 def check_counts(cfg: DictConfig) -> None:
@@ -83,16 +78,16 @@ def updates_per_step(cfg: DictConfig) -> float:
     return int(cfg.obs.action_repeat) / float(per)
 
 
-def describe_setup(cfg: DictConfig, spec: Any, batch_size: int, per_step: float) -> str:
+def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
     """The start-up line that says which learner learns from which observation: the defaults
     changed from the paper's (setup=paper), and a curve means little without both."""
-    a = cfg.agent
+    a, sampling = cfg.agent, learner.sampling
     obs = (f"{'x'.join(str(int(d)) for d in spec.obs_shape)} uint8, "
            + ("the renders of every sub-step" if cfg.obs.render_substeps else f"last {spec.frame_stack} agent steps' renders")
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
-    return (f"learner: agent={a.name} (batch {batch_size}, {per_step:g} updates per agent step = one per "
-            f"{spec.action_repeat / per_step:g} frames, {'twin Q' if a.twin_q else 'one Q'}, {int(a.nstep)}-step returns, "
-            f"{a.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
+    return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
+            f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
+            f"returns, {learner.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
@@ -183,32 +178,29 @@ class Trainer:
         env_seed = (cfg.seed + self.counters.frame) % 2**31
         self.settings = EnvSettings.from_config(cfg, seed=env_seed)
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
-        self.precision: Precision = resolve_precision(
-            cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates(cfg, self.counters.frame),
-            compile_min_updates=int(cfg.get("compile_min_updates", 0)),  # absent from older checkpoints' configs
-            cuda_graphs=cfg.get("cuda_graphs", "auto"))
+        self.precision, self.env_threads, self.torch_threads = resolve_compute(
+            cfg, self.settings, planned_updates(cfg, self.counters.frame))
         self.device = self.precision.device
         self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
-        self.env_threads = self.settings.envpool_threads(self.settings.pixels and software_rendering())
-        self.torch_threads = set_cpu_threads(self.device, cfg.get("torch_threads", "auto"), env_threads=self.env_threads)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.env: VecEnv = make_env(self.settings)
         self.spec = self.env.spec
-        self.frames_per_step = self.spec.num_envs * self.spec.action_repeat
-        self.env_sig = env_signature(self.settings, self.spec)
+        self.frames_per_step = self.spec.num_envs * self.settings.action_repeat
+        self.env_sig = ckpt_io.env_signature(self.settings, self.spec)
+        self.learner = LearnerSettings.from_config(cfg.agent, self.spec.pixels)
         saved = None if resume is None or resume.get("replay") is None else resume["replay"]
-        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, seed=cfg.seed,
+        self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, self.learner.sampling, seed=cfg.seed,
                                                 capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
-        self.agent = make_agent(cfg.agent, self.spec, self.precision, cfg.seed)
+        self.agent = DDPGAgent(self.learner, self.spec, self.precision, cfg.seed)
         if self.precision.timed:  # compile=auto on a CPU: keep whichever update is faster on this machine
             self.precision = self.precision.after_timing(*self.agent.time_compiled_and_eager())
             if not self.precision.compile:
                 self.agent.use_eager()
-        self.batch_size = int(self.agent.batch_size)
-        self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.spec.action_repeat)
+        self.batch_size = self.learner.sampling.batch_size
+        self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.settings.action_repeat)
         self.updates_per_step = updates_per_step(cfg)
         self.eval_env: VecEnv | None = None
         self._collector: ThreadPoolExecutor | None = None
@@ -234,7 +226,7 @@ class Trainer:
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
-        self.log.progress.write(describe_setup(cfg, self.spec, self.batch_size, self.updates_per_step))
+        self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
         envs_line = (f"EnvPool {self.env_threads} of {usable_cores()} usable cores" if self.settings.backend == "envpool"
                      else f"a Gymnasium {self.settings.vectorization} vector env; {usable_cores()} usable cores")
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")
@@ -246,8 +238,6 @@ class Trainer:
             self.log.progress.write(render_warning)
         if (self.settings.pixels and self.settings.render == "standard" and self.settings.backend == "envpool"
                 and software_rendering()):
-            from pixel_ddpg.benchmark import render_cost
-
             cost = render_cost(self.settings)
             renders = int(cfg.eval.episodes) * self.settings.max_episode_steps  # one render per EnvPool step
             self.log.progress.write(
@@ -258,10 +248,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        path = ckpt["path"]
-        ckpt_io.check_signature("env", ckpt["env_signature"], self.env_sig, path)
-        ckpt_io.check_signature("network", ckpt["agent_signature"], self.agent.config_signature(), path)
-        self.agent.load_state_dict(ckpt["agent"])
+        ckpt_io.restore_agent(self.agent, ckpt, self.env_sig)
         if ckpt.get("replay") is not None:
             self.replay.load_state_dict(ckpt["replay"])
             self._owe_the_reset_step()
@@ -304,12 +291,12 @@ class Trainer:
         """Write ``last.pt`` (and ``best.pt``) atomically, after :meth:`check_finite`: a checkpoint
         never holds a learner that has diverged."""
         self.check_finite()
-        path = self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.LAST
+        path = self.run_dir / rundir.CKPT_DIR / rundir.LAST
         state = self.checkpoint_state()
         ckpt_io.save_atomic(state, path)
         self._last_saved = (path, self.counters.frame)
         if best:
-            ckpt_io.save_atomic(state, path.with_name(ckpt_io.BEST))
+            ckpt_io.save_atomic(state, path.with_name(rundir.BEST))
         return path
 
     def last_good(self) -> str:
@@ -536,7 +523,7 @@ class Trainer:
         A signal is honoured between agent steps and between evaluation steps, so within a
         few seconds even on a software rasterizer; the checkpoint holds the counters of the last
         finished step, and an interrupted evaluation is redone on resume. A non-finite learner
-        (:class:`NonFiniteError`) or a failed write (:class:`~pixel_ddpg.checkpoint.WriteError`)
+        (:class:`NonFiniteError`) or a failed write (:class:`~pixel_ddpg.rundir.WriteError`)
         stops it with one line naming the last good checkpoint, which it leaves as it was.
         """
         cfg, c = self.cfg, self.counters
@@ -573,8 +560,8 @@ class Trainer:
                 self.log.progress.write(f"{name}: stopped at {c.frame:,} frames; checkpoint {path}; "
                                         f"continue with resume={self.run_dir}")
             return {"frame": c.frame, "interrupted": interrupted, "checkpoint": path, "signal": self._stop_signal}
-        except ckpt_io.WriteError as exc:
-            raise ckpt_io.WriteError(f"{exc}; {self.last_good()}") from None
+        except rundir.WriteError as exc:
+            raise rundir.WriteError(f"{exc}; {self.last_good()}", exc.reason) from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -16,7 +16,8 @@ from types import TracebackType
 
 import numpy as np
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.rundir import commit, temporary_name
 
 MARGIN = 4  # pixels around and between the panels
 TILE_PADDING = 2  # between the agent's frames (torchvision make_grid padding)
@@ -167,7 +168,7 @@ class VideoWriter:
         self.path = Path(path)
         self.fps = fps
         self.crf = crf
-        self.tmp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp_path = temporary_name(self.path)
         self.frames_written = 0
         self._container = None
         self._stream = None
@@ -249,7 +250,7 @@ class VideoWriter:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
-            os.replace(self.tmp_path, self.path)
+            commit(self.tmp_path, self.path)
         except BaseException:
             self.abort()
             raise

@@ -50,7 +50,7 @@ def plant(fault: dict[str, Any]) -> None:
     import torch
 
     from pixel_ddpg import checkpoint as ckpt_io
-    from pixel_ddpg import runlog, trainer
+    from pixel_ddpg import rundir, runlog, trainer
     from pixel_ddpg.agent import DDPGAgent
 
     kind, at = fault["kind"], fault.get("at")
@@ -141,7 +141,7 @@ def plant(fault: dict[str, Any]) -> None:
             runlog.CsvLog._append = append_or_die
         elif at in ("ckpt_partial", "best", "truncate"):  # half-way through writing a temporary file
             targets = {"ckpt_partial": ".last.pt.tmp-", "best": ".best.pt.tmp-", "truncate": ".csv.tmp-"}
-            write = ckpt_io._Recording.write
+            write = rundir._Recording.write
 
             def write_or_die(self: Any, data: bytes) -> int:
                 name = Path(getattr(self.f, "name", "")).name
@@ -151,7 +151,7 @@ def plant(fault: dict[str, Any]) -> None:
                     _die()
                 return write(self, data)
 
-            ckpt_io._Recording.write = write_or_die
+            rundir._Recording.write = write_or_die
         elif at == "ckpt_unrenamed":  # the temporary file whole and synced, not yet renamed
             replace = os.replace
 

@@ -6,58 +6,23 @@ Synthetic specs and batches only (no envs). Small images (9×32×32) keep the fa
 from __future__ import annotations
 
 import copy
-import functools
 import io
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from envs.errors import ConfigError
-from envs.pool import EnvSpec
+from pixel_ddpg.errors import ConfigError
 from pixel_ddpg.agent import DDPGAgent, make_agent, random_shift
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.config import compose
 from pixel_ddpg.device import Precision
 from pixel_ddpg.noise import GaussianNoise, OUNoise
+from tests.conftest import agent, batch, CPU, PIX, spec
 
-CPU = Precision(torch.device("cpu"), None, False)
 BF16 = Precision(torch.device("cpu"), torch.bfloat16, False)
-PIX = (9, 32, 32)
-
-
-@functools.lru_cache(maxsize=None)
-def _cfg(overrides: tuple[str, ...]):
-    # The paper's setup with the base learner (agent=ddpg: no batch norm, no L2), which these tests
-    # were written for; the paper's own (agent=ddpg_paper) has its tests in tests/test_published.py.
-    return compose(["setup=paper", "agent=ddpg", *overrides])
-
-
-def spec(obs_shape=PIX, action_dim=3, low=None, high=None, num_envs=4) -> EnvSpec:
-    low = -np.ones(action_dim, np.float32) if low is None else np.asarray(low, np.float32)
-    high = np.ones(action_dim, np.float32) if high is None else np.asarray(high, np.float32)
-    dtype = np.dtype(np.uint8) if len(obs_shape) == 3 else np.dtype(np.float32)
-    return EnvSpec(tuple(obs_shape), dtype, tuple(obs_shape), 1, action_dim, low, high, num_envs, 1, 100)
-
-
-def agent(*overrides: str, s: EnvSpec | None = None, precision: Precision = CPU, seed: int = 0) -> DDPGAgent:
-    return make_agent(_cfg(tuple(overrides)).agent, s or spec(), precision, seed)
-
-
-def obs_batch(s: EnvSpec, n: int, g: torch.Generator) -> torch.Tensor:
-    if s.pixels:
-        return torch.randint(0, 256, (n, *s.obs_shape), dtype=torch.uint8, generator=g)
-    return torch.randn(n, *s.obs_shape, generator=g)
-
-
-def batch(s: EnvSpec | None = None, n: int = 8, seed: int = 0) -> Batch:
-    s = s or spec()
-    g = torch.Generator().manual_seed(seed)
-    action = torch.rand(n, s.action_dim, generator=g) * 2 - 1
-    return Batch(obs_batch(s, n, g), action, torch.rand(n, generator=g), torch.full((n,), 0.99), obs_batch(s, n, g))
 
 
 def params(*modules: torch.nn.Module) -> list[torch.Tensor]:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 TINY = ["quick=true", "setup=paper", "env=cartpole_balance", "env.episode_sim_steps=30", "render=fast", "obs.image_size=16",
         "num_envs=2", "replay_capacity=400", "naive_replay_capacity=100", "device=cpu", "compile=false"]
 
@@ -73,6 +74,7 @@ def check_compute_share(res: dict) -> None:
         assert r["share_of_conv_peak"] < 1.5 and r["share_of_matmul_peak"] < 1.5, (name, r)
 
 
+@pytest.mark.slow  # 45 s (a benchmark subprocess through every stage), 2 shared cores
 def test_quick_benchmark_measures_every_stage_against_the_baseline_on_the_same_task(tmp_path):
     res = bench(tmp_path, "update_variants=[eager_fp32,eager_bf16]", "sweep.num_envs=[1,2]")
     check_every_stage(res, ["eager_fp32", "eager_bf16"])

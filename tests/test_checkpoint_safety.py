@@ -18,10 +18,9 @@ from omegaconf import OmegaConf
 
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.trainer import rng_state, set_rng_state
-from tests.test_evaluate import evaluate
-from tests.test_train import ROOT, train
+from tests.conftest import evaluate, ROOT, train
 
 
 class Payload:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.errors import ConfigError
+from pixel_ddpg.errors import ConfigError
 from pixel_ddpg.agent import SATURATED
-from tests.test_agent import agent, batch
+from tests.conftest import agent, batch
 
 
 def test_update_reports_the_collapse_diagnostics():
@@ -99,7 +99,7 @@ def test_trunk_on_the_paper_encoder_and_bad_values():
 
 
 def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_path):
-    from tests.test_train import rows, train
+    from tests.conftest import rows, train
 
     # An absurd actor rate saturates the actor within a few dozen updates.
     proc = train(tmp_path / "run", "obs=pixels_paper", "total_frames=480", "agent.actor_lr=0.3", "eval.every_frames=480")
@@ -136,7 +136,7 @@ def test_a_config_from_before_these_options_builds_the_same_agent(agent_name, tr
 
     from pixel_ddpg.agent import make_agent
     from pixel_ddpg.config import compose
-    from tests.test_agent import CPU, spec
+    from tests.conftest import CPU, spec
 
     cfg = compose([f"agent={agent_name}"])
     old = OmegaConf.to_container(cfg.agent, resolve=True)

@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg import rundir
 from pixel_ddpg.trainer import cuda_rng_entries, rng_state, set_rng_state
-from tests.test_agent import agent, batch
-from tests.test_evaluate import evaluate
-from tests.test_train import train
+from tests.conftest import agent, batch, evaluate, train
 
 CUDA_GENERATOR_STATE = torch.arange(16, dtype=torch.uint8)  # philox seed + offset: 16 bytes
 CPU = torch.device("cpu")
@@ -123,7 +122,7 @@ def cuda_written(tmp_path_factory) -> Path:
     """A tiny CPU run whose checkpoint is rewritten as a 2-GPU CUDA machine writes it."""
     run = tmp_path_factory.mktemp("xdev") / "run"
     train(run, "obs=state", "total_frames=120", "replay.save_in_checkpoint=true")
-    path = run / ckpt_io.CKPT_DIR / ckpt_io.LAST
+    path = run / rundir.CKPT_DIR / rundir.LAST
     ckpt = torch.load(path, weights_only=True)
     ckpt["agent"] = as_cuda_wrote_it(ckpt["agent"], recorded=False)  # as main wrote before issue 27
     ckpt["rng"]["cuda"] = [CUDA_GENERATOR_STATE.clone(), CUDA_GENERATOR_STATE.clone()]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from pixel_ddpg.config import UserError, compose
+from pixel_ddpg.config import compose
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.trainer import planned_updates, updates_per_step
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.

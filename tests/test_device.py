@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from envs.errors import ConfigError
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import ConfigError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg import device
 from pixel_ddpg.device import plan_threads, resolve_precision, set_cpu_threads
 

@@ -11,7 +11,7 @@ from envs.dmc import dmc_tasks, find_task
 from envs.errors import ConfigError
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import check_group_overrides, compose, conf_dir, group_choices
-from tests.test_train import ROOT, TINY, rows
+from tests.conftest import ROOT, rows, TINY
 
 
 def test_every_preset_equals_its_dmc_task():

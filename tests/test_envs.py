@@ -14,9 +14,7 @@ import pytest
 from envs import ConfigError, EnvSettings, make_env
 from envs.egl import import_envpool
 from envs.render_profiles import base_path
-from tests.conftest import DRQV2, PAPER, STATE, tiny
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import DRQV2, PAPER, ROOT, STATE, tiny
 
 
 def random_actions(env, rng):
@@ -202,13 +200,12 @@ def test_without_a_gpu_egl_is_a_software_rasterizer():
 STRESS = """
 import sys, time, numpy as np
 from envs import make_env
-from tests.conftest import PAPER, tiny
 s = tiny(PAPER, num_envs=16, episode_sim_steps=300)
 rng, t0 = np.random.default_rng(0), time.time()
 with make_env(s) as env:
     env.reset()
     while time.time() - t0 < float(sys.argv[1]):
-        env.step_async(env.spec.random_actions(rng)); env.step_wait()
+        env.step(env.spec.random_actions(rng))
 print("survived")
 """
 
@@ -244,7 +241,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (["num_envs=0"], "num_envs=0"),
 ])
 def test_cli_config_errors_are_one_line(args, needle, tmp_path):
-    proc = run_cli("envs.preview", f"out={tmp_path}/p.png", *args)
+    proc = run_cli("pixel_ddpg.preview", f"out={tmp_path}/p.png", *args)
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -252,7 +249,7 @@ def test_cli_config_errors_are_one_line(args, needle, tmp_path):
 
 
 def test_missing_egl_is_a_clear_error(tmp_path):
-    proc = run_cli("envs.preview", f"out={tmp_path}/p.png", env={"PIXEL_DDPG_EGL_LIBRARY": "libEGL_missing.so.1"})
+    proc = run_cli("pixel_ddpg.preview", f"out={tmp_path}/p.png", env={"PIXEL_DDPG_EGL_LIBRARY": "libEGL_missing.so.1"})
     assert proc.returncode == 2
     assert "libegl1 libegl-mesa0 libgl1-mesa-dri" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -261,30 +258,9 @@ def test_preview_writes_every_frame_enlarged(tmp_path):
     from PIL import Image
 
     out = tmp_path / "p.png"
-    proc = run_cli("envs.preview", "env=cartpole_balance", "obs=pixels", "render=fast", "obs.image_size=16",
+    proc = run_cli("pixel_ddpg.preview", "env=cartpole_balance", "obs=pixels", "render=fast", "obs.image_size=16",
                    "scale=2", "steps=2", f"out={out}")
     assert proc.returncode == 0, proc.stderr
     w, h = Image.open(out).size
     pad = 2 * 2
     assert (w, h) == (3 * 32 + 4 * pad, 32 + 2 * pad)
-
-
-def test_async_step_returns_what_a_plain_step_returns():
-    actions = np.random.default_rng(5).uniform(-1, 1, size=(4, 2, 1))
-    results = []
-    for use_async in (False, True):
-        with make_env(tiny(PAPER)) as env:
-            env.reset()
-            out = []
-            for a in actions:
-                if use_async:
-                    env.step_async(a)
-                    out.append(env.step_wait())
-                else:
-                    out.append(env.step(a))
-            results.append(out)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a.obs, b.obs)
-        np.testing.assert_array_equal(a.reward, b.reward)
-    with make_env(tiny(STATE)) as env, pytest.raises(RuntimeError, match="no step in flight"):
-        env.step_wait()

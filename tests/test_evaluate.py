@@ -14,10 +14,7 @@ import torch
 from envs import make_env
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.rollout import run_episodes
-from tests.conftest import PAPER, tiny
-from tests.test_train import train
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import evaluate, PAPER, ROOT, tiny, train
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +22,6 @@ def pixel_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("evalrun") / "run"
     train(run, "obs=pixels_paper", "total_frames=120")
     return run
-
-
-def evaluate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """evaluate on the CPU the test runs trained on, unless a test names the device: with the
-    config's ``device: auto`` a GPU machine would evaluate elsewhere (tests/test_cross_device.py)."""
-    pin = [] if any(a.startswith("device=") for a in args) else ["device=cpu"]
-    return subprocess.run([sys.executable, "-m", "pixel_ddpg.evaluate", *args, *pin], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_evaluate_writes_returns_json_video_and_plot(pixel_run, tmp_path):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg.config import UserError, compose
-from tests.test_train import TINY
+from pixel_ddpg.config import compose
+from pixel_ddpg.errors import UserError
+from tests.conftest import TINY
 
 # Runs in a fresh interpreter: torch and NumPy only, and it proves it never imported pixel_ddpg.
 LOADER = textwrap.dedent("""

@@ -20,9 +20,11 @@ import pytest
 import torch
 
 from pixel_ddpg import checkpoint as ckpt_io
-from pixel_ddpg.runlog import EVAL_FIELDS, LOCK_FILE, CsvLog, RunDirInUse, RunLock
+from pixel_ddpg import rundir
+from pixel_ddpg.rundir import LOCK_FILE
+from pixel_ddpg.runlog import EVAL_FIELDS, CsvLog, RunDirInUse, RunLock
 from tests.faultrunner import Child, FaultRunner
-from tests.test_train import TINY, frames, rows
+from tests.conftest import frames, rows, TINY
 
 STATE = [*TINY, "obs=state"]
 
@@ -57,7 +59,7 @@ def one_error_line(child: Child, *needles: str) -> str:
 
 
 def temporaries(run_dir: Path) -> list[Path]:
-    return [*run_dir.glob(f".*{ckpt_io.TMP_MARK}*"), *(run_dir / ckpt_io.CKPT_DIR).glob(f".*{ckpt_io.TMP_MARK}*")]
+    return [*run_dir.glob(f".*{rundir.TMP_MARK}*"), *(run_dir / rundir.CKPT_DIR).glob(f".*{rundir.TMP_MARK}*")]
 
 
 def assert_rows_increase(run_dir: Path) -> None:
@@ -141,7 +143,7 @@ def test_a_csv_log_drops_a_torn_line_and_cuts_back_a_failed_append(tmp_path):
     log = CsvLog(path, EVAL_FIELDS)
     os.close(log._fd)
     log._fd = os.open(path, os.O_RDONLY)  # every write now fails (EBADF), as on a full disk
-    with pytest.raises(ckpt_io.WriteError, match=r"could not write .*eval.csv .*keeps every row written before"):
+    with pytest.raises(rundir.WriteError, match=r"could not write .*eval.csv .*keeps every row written before"):
         log.write({"frame": 240})
     log.close()
     assert [r["frame"] for r in rows(path)] == ["0", "120"]
@@ -156,7 +158,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_file_and_no_temporary(tmp_path
         def __reduce__(self):
             raise OSError(28, "No space left on device")  # what a write raises on a full disk
 
-    with pytest.raises(ckpt_io.WriteError, match=r"last.pt \(No space left on device\); last.pt keeps its previous"):
+    with pytest.raises(rundir.WriteError, match=r"last.pt \(No space left on device\); last.pt keeps its previous"):
         ckpt_io.save_atomic({"weights": Unpicklable()}, path)
     assert path.read_bytes() == before and temporaries(tmp_path) == []
 
@@ -263,9 +265,9 @@ def test_sigkill_at_24_moments_then_resume_ends_as_an_uninterrupted_run(runner, 
         argv = new_run(run, *args) if i == 0 else resume(run, *args)
         child = runner.run(argv, {"kind": "kill", "at": at, "frame": frame, "file": file})
         assert child.rc == -signal.SIGKILL, f"moment {i} ({at} @ {frame}) was not reached: {child!r}"
-        for name in (ckpt_io.LAST, ckpt_io.BEST):  # whole, whatever moment the kill hit
-            if (run / ckpt_io.CKPT_DIR / name).exists():
-                ckpt_io.load(run / ckpt_io.CKPT_DIR / name)
+        for name in (rundir.LAST, rundir.BEST):  # whole, whatever moment the kill hit
+            if (run / rundir.CKPT_DIR / name).exists():
+                ckpt_io.load(run / rundir.CKPT_DIR / name)
     last = runner.run(resume(run, *args))
     assert last.rc == 0, last
     assert temporaries(run) == [] and not (run / LOCK_FILE).exists()

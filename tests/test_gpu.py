@@ -10,8 +10,7 @@ import torch
 from pixel_ddpg.device import Precision, resolve_precision
 from pixel_ddpg.replay import ReplayBuffer
 from pixel_ddpg.staging import HostStaging
-from tests.test_agent import agent, batch, spec
-from tests.test_hot_path import assert_async_loop_is_the_sync_loop, make_spec, steps
+from tests.conftest import agent, assert_async_loop_is_the_sync_loop, batch, make_spec, spec, steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

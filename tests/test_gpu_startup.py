@@ -11,9 +11,9 @@ import torch
 
 from envs.egl import software_render_warning
 from pixel_ddpg import device
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import resolve_precision, triton_missing
-from tests.test_train import ROOT, TINY
+from tests.conftest import ROOT, TINY
 
 LACKS = ["a C compiler (clang, gcc or cc; apt-get install gcc)", "the Python headers (/x/Python.h; apt-get install python3-dev)"]
 

@@ -8,11 +8,11 @@ import pytest
 
 from envs import EnvSettings, make_env
 from envs.errors import ConfigError
-from envs.gym_env import find_spec
+from envs.gym_registry import find_spec
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg.config import compose
 from pixel_ddpg.replay import ReplayBuffer
-from tests.test_replay import GAMMA, Reference, check_batch
+from tests.conftest import check_batch, GAMMA, Reference
 
 MAX_STEPS = 8
 

@@ -8,35 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.device import Precision, resolve_precision
 from pixel_ddpg.replay import ReplayBuffer
 from pixel_ddpg.staging import HostStaging
-from envs.errors import ConfigError
-from tests.test_agent import agent, batch
-
-
-def make_spec(pixels: bool = True) -> EnvSpec:
-    """3 envs; pixels: stacks of 3 frames of 3x8x8 (the DrQ-v2 layout), else 5 floats."""
-    obs, frame, stack = ((9, 8, 8), (3, 8, 8), 3) if pixels else ((5,), (5,), 1)
-    dtype = np.dtype(np.uint8) if pixels else np.dtype(np.float32)
-    return EnvSpec(obs, dtype, frame, stack, 2, -np.ones(2, np.float32), np.ones(2, np.float32), 3, 1, 100)
-
-
-def steps(spec, count: int, seed: int = 0):
-    """A reset and ``count`` steps with random frames, actions, rewards and some episode ends."""
-    rng = np.random.default_rng(seed)
-    n = spec.num_envs
-    first = np.ones(n, bool)
-    for t in range(count + 1):
-        obs = (rng.integers(0, 256, (n, *spec.obs_shape), dtype=np.uint8) if spec.pixels
-               else rng.standard_normal((n, *spec.obs_shape)).astype(np.float32))
-        last = rng.random(n) < 0.1 if t else np.zeros(n, bool)
-        term = last & (rng.random(n) < 0.5)
-        step = EnvStep(obs=obs, reward=rng.random(n).astype(np.float32), terminated=term, truncated=last & ~term,
-                       first=first.copy())
-        yield step, None if t == 0 else rng.uniform(-1, 1, (n, spec.action_dim)).astype(np.float32)
-        first = last
+from pixel_ddpg.errors import ConfigError
+from tests.conftest import agent, assert_async_loop_is_the_sync_loop, batch, make_spec, steps
 
 
 def filled(spec, staging: bool | None, seed: int = 0, *, tensors: bool = False) -> ReplayBuffer:
@@ -116,39 +92,6 @@ def test_the_cuda_graph_update_path_gives_the_eager_numbers_on_cpu():
         for k in oa:
             assert torch.equal(oa[k], og[k]) or (oa[k].isnan() and og[k].isnan())
     assert kept[0]["critic_loss"].data_ptr() != kept[1]["critic_loss"].data_ptr()  # each update's own copy
-
-
-def assert_async_loop_is_the_sync_loop(tmp_path, device: str) -> None:
-    """40 agent steps with updates, once with the collector thread (and on CUDA its own stream) and
-    once without: the same replay contents and the same weights, bit for bit."""
-    from pixel_ddpg.config import compose
-    from pixel_ddpg.trainer import AGENT_MODULES, Trainer
-
-    base = ["env=cartpole_balance", "env.episode_sim_steps=64", "obs.image_size=16", "num_envs=2", "render=fast",
-            "agent.batch_size=8", "warmup_frames=32", f"device={device}", "compile=false", "amp=false",
-            "replay.capacity=400", "log.tensorboard=false", "log.progress=false"]
-    runs = []
-    for mode in ("true", "false"):
-        (tmp_path / mode).mkdir()
-        trainer = Trainer(compose([*base, f"async_env={mode}"]), tmp_path / mode)
-        try:
-            trainer.start()
-            assert (trainer._collect_stream is not None) == (mode == "true" and device == "cuda")
-            for _ in range(40):
-                trainer.iteration()
-            assert trainer.agent.updates > 10
-            written = trainer.replay.num_added
-            stored = {k: v[:written].cpu() for k, v in trainer.replay.tensors().items()}
-            weights = {f"{m}.{n}": p.detach().cpu() for m in AGENT_MODULES
-                       for n, p in getattr(trainer.agent, m).named_parameters()}
-            runs.append((stored, weights))
-        finally:
-            trainer.close()
-    (stored_a, weights_a), (stored_s, weights_s) = runs
-    for k in stored_s:
-        assert torch.equal(stored_a[k], stored_s[k]), k
-    for k in weights_s:
-        assert torch.equal(weights_a[k], weights_s[k]), k
 
 
 def test_the_collector_thread_gives_the_synchronous_loops_numbers(tmp_path):

@@ -29,9 +29,8 @@ from pixel_ddpg.agent import make_agent
 from pixel_ddpg.device import resolve_precision
 from pixel_ddpg.reference import reference_returns
 from pixel_ddpg.rollout import agent_policy, run_episodes
-from tests.conftest import STATE, tiny
+from tests.conftest import ROOT, STATE, tiny
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # The paper's low-dimensional DDPG (400-300 nets, batch 64, OU noise, γ 0.99, critic lr 1e-3)
 # with TD3's DDPG re-tuning (τ 0.005, actor lr 1e-3) and an action repeat of 4, which make it

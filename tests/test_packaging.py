@@ -10,7 +10,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+from tests.conftest import ROOT
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -64,6 +66,7 @@ def venv_with_wheel(dest: Path, wheel: Path) -> Path:
     return python
 
 
+@pytest.mark.slow  # 36 s (builds the wheel, then runs its commands), 2 shared cores
 def test_the_wheel_carries_the_config_and_its_commands_compose_from_anywhere(tmp_path):
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -91,5 +94,5 @@ def test_the_wheel_carries_the_config_and_its_commands_compose_from_anywhere(tmp
     assert "task_id: WalkerWalk-v1" in run("-m", "pixel_ddpg.train", "--cfg", "job", "env=walker")
     assert "episodes:" in run("-m", "pixel_ddpg.evaluate", "--cfg", "job", "checkpoint=x")
     assert "env:" in run("-m", "pixel_ddpg.benchmark", "--cfg", "job")
-    assert "env:" in run("-m", "envs.preview", "--cfg", "job")
+    assert "env:" in run("-m", "pixel_ddpg.preview", "--cfg", "job")
     assert not list(elsewhere.iterdir())

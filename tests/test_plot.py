@@ -10,28 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixel_ddpg.config import UserError
-from pixel_ddpg.plot import DPI, FIGSIZE, _seed_band, group_labels, load_run, plot_runs
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.figures import DPI, FIGSIZE, group_labels
+from pixel_ddpg.plot import _seed_band, plot_runs
+from pixel_ddpg.rundir import load_run
+from tests.conftest import HEADER, make_run, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-HEADER = "frame,step,return_mean,return_std,episodes,length_mean,wall_s\n"
 SIZE = (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
-
-
-def make_run(path: Path, frames: list[int], returns: list[float], *, env: str = "cheetah", obs: str = "pixels",
-             seed: int | None = 0, lr: float = 1e-3, std: str = "5", agent: str = "ddpg", nstep: int = 1) -> Path:
-    """A run dir as the trainer leaves it: eval.csv and (when seed is given) .hydra/config.yaml."""
-    path.mkdir(parents=True)
-    rows = "".join(f"{f},{f // 3},{r},{std},10,333,{f / 1000}\n" for f, r in zip(frames, returns))
-    (path / "eval.csv").write_text(HEADER + rows)
-    if seed is not None:
-        (path / ".hydra").mkdir()
-        (path / ".hydra" / "config.yaml").write_text(
-            f"env:\n  name: {env}\n  task_id: X-v1\nobs:\n  type: {obs}\n  image_size: 64\n"
-            f"agent:\n  name: {agent}\n  lr: {lr}\n  nstep: {nstep}\nseed: {seed}\ndevice: auto\n"
-            f"total_frames: {frames[-1]}\n"
-        )
-    return path
 
 
 def plot(*args: str | Path) -> subprocess.CompletedProcess:

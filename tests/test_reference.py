@@ -6,18 +6,15 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from envs import make_env
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.reference import reference_returns
 from pixel_ddpg.rollout import run_episodes
-from tests.conftest import PAPER, tiny
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import PAPER, ROOT, tiny
 
 
 def test_zero_policy_on_swingup_scores_nothing_and_random_matches_a_direct_rollout():

@@ -17,85 +17,13 @@ import pytest
 import torch
 
 from envs import EnvSettings, EnvSpec, EnvStep, make_env
-from pixel_ddpg.config import UserError, compose
-from pixel_ddpg.replay import (ReplayBuffer, bytes_per_transition, estimate_bytes, make_replay, plan_capacity,
-                               reserved_by_others, run_transitions)
-from envs.errors import ConfigError
-
-GAMMA = 0.9
-
-
-# ---------------------------------------------------------------------------- reference
-class Reference:
-    """The steps as the env produced them; expected transitions computed the obvious way."""
-
-    def __init__(self, num_envs: int) -> None:
-        self.steps: list[list[dict]] = [[] for _ in range(num_envs)]
-
-    def add(self, step: EnvStep, action: np.ndarray | None) -> None:
-        for i, s in enumerate(self.steps):
-            s.append(
-                dict(
-                    obs=step.obs[i].copy(),
-                    action=None if action is None else np.asarray(action[i], np.float32).copy(),
-                    reward=float(step.reward[i]),
-                    first=bool(step.first[i]),
-                    term=bool(step.terminated[i]),
-                    last=bool(step.terminated[i] or step.truncated[i]),
-                )
-            )
-
-    def expected(self, slots: int, frame_stack: int, nstep: int, gamma: float) -> dict[bytes, dict]:
-        """Sampleable transitions keyed by the action bytes of a_t (actions are unique)."""
-        out = {}
-        for steps in self.steps:
-            T = len(steps)
-            lo = max(0, T - slots)
-            for tau in range(lo, T - 1):
-                if steps[tau + 1]["first"]:
-                    continue  # the step into an auto-reset is not a transition
-                ep_start = max(t for t in range(tau + 1) if steps[t]["first"])
-                if max(tau - frame_stack + 1, ep_start) < lo:
-                    continue  # frame history overwritten by the ring
-                reward, k, ended = 0.0, 0, False
-                for j in range(1, nstep + 1):
-                    if tau + j > T - 1:
-                        break
-                    if steps[tau + j]["first"]:
-                        ended = True
-                        break
-                    reward += gamma ** (j - 1) * steps[tau + j]["reward"]
-                    k = j
-                    if steps[tau + j]["last"]:
-                        ended = True
-                        break
-                if k < nstep and not ended:
-                    continue  # its n future steps are not written yet
-                nxt = steps[tau + k]
-                out[steps[tau + 1]["action"].tobytes()] = dict(
-                    obs=steps[tau]["obs"],
-                    action=steps[tau + 1]["action"],
-                    reward=reward,
-                    discount=0.0 if nxt["term"] else gamma**k,
-                    next_obs=nxt["obs"],
-                )
-        return out
-
-
-def check_batch(batch, expected: dict[bytes, dict]) -> set[bytes]:
-    """Every sample equals one expected transition; returns the keys seen."""
-    obs, act, rew, disc, nxt = (t.cpu().numpy() for t in batch)
-    seen = set()
-    for b in range(len(act)):
-        key = act[b].tobytes()
-        assert key in expected, "sampled a transition the env never produced (or one not sampleable)"
-        e = expected[key]
-        np.testing.assert_array_equal(obs[b], e["obs"])
-        np.testing.assert_array_equal(nxt[b], e["next_obs"])
-        np.testing.assert_allclose(rew[b], e["reward"], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(disc[b], e["discount"], rtol=1e-6, atol=0)
-        seen.add(key)
-    return seen
+from pixel_ddpg.config import compose
+from pixel_ddpg.errors import UserError
+from pixel_ddpg.replay import ReplayBuffer, make_replay
+from pixel_ddpg.replay_memory import (bytes_per_transition, estimate_bytes, plan_capacity, reserved_by_others,
+                                     run_transitions)
+from pixel_ddpg.errors import ConfigError
+from tests.conftest import check_batch, GAMMA, Reference
 
 
 def check_dtypes(batch, spec: EnvSpec, batch_size: int) -> None:
@@ -401,7 +329,7 @@ def test_auto_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
     cap, nbytes = plan_capacity("auto", spec, "cpu", max_transitions=1000, memory_fraction=0.5)
     assert cap == 999 and nbytes == estimate_bytes(spec, 999)
     per = bytes_per_transition(spec)
-    monkeypatch.setattr("pixel_ddpg.replay.free_bytes", lambda device: 200 * per)
+    monkeypatch.setattr("pixel_ddpg.replay_memory.free_bytes", lambda device: 200 * per)
     cap, _ = plan_capacity("auto", spec, "cpu", max_transitions=10**6, memory_fraction=0.5)
     assert cap == 99  # half of 200 transitions, rounded down to whole slots of 3 envs
     with pytest.raises(UserError, match=r"replay\.capacity=600 needs .* use replay\.capacity=99"):
@@ -443,10 +371,10 @@ def test_make_replay_auto_follows_total_frames() -> None:
 
 def test_a_second_run_plans_on_memory_the_first_has_not_touched_yet(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """Replay pages are claimed lazily: planning subtracts other live runs' recorded buffers."""
-    monkeypatch.setattr("pixel_ddpg.replay._registry", lambda: tmp_path)
+    monkeypatch.setattr("pixel_ddpg.replay_memory._registry", lambda: tmp_path)
     spec = synth_spec(pixels=True, num_envs=1, channels=9)
     per = bytes_per_transition(spec)
-    monkeypatch.setattr("pixel_ddpg.replay.free_bytes", lambda device: 1000 * per)
+    monkeypatch.setattr("pixel_ddpg.replay_memory.free_bytes", lambda device: 1000 * per)
     parent = os.getppid()  # a live process standing in for a run started earlier
     (tmp_path / f"{parent}.bytes").write_text(str(600 * per))
     (tmp_path / "999999999.bytes").write_text(str(10**12))  # a dead run's record is ignored and removed

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.report import ALL_TASKS, find_run_dirs, interval_estimates, report, task_scores
-from tests.test_plot import ROOT, make_run
+from tests.conftest import make_run, ROOT
 
 pytest.importorskip("rliable")
 

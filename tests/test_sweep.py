@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.test_train import ROOT, TINY
+from tests.conftest import ROOT, TINY
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import signal
@@ -14,33 +13,7 @@ from pathlib import Path
 import pytest
 
 from pixel_ddpg import checkpoint as ckpt_io
-
-ROOT = Path(__file__).resolve().parent.parent
-# The DDPG paper's setup (setup=paper), which these plumbing tests were written for; the default
-# learner's own smoke run: tests/test_defaults.py.
-TINY = [
-    "setup=paper", "env=cartpole_balance", "env.episode_sim_steps=30", "num_envs=2", "render=fast", "obs.image_size=16",
-    "compile=false", "amp=false", "device=cpu", "warmup_frames=30", "eval.every_frames=120", "eval.episodes=2",
-    "eval.num_envs=2", "log.every_frames=30", "checkpoint.every_frames=60", "agent.batch_size=8",
-    "agent.state_batch_size=16", "replay.capacity=5000",
-]
-
-
-def train(run_dir: Path, *overrides: str, check: bool = True, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.train", *TINY, f"hydra.run.dir={run_dir}", *overrides],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def frames(path: Path) -> list[int]:
-    return [int(r["frame"]) for r in rows(path)]
+from tests.conftest import frames, ROOT, rows, TINY, train
 
 
 @pytest.mark.parametrize("obs,total", [("state", 240), ("pixels_paper", 360)])

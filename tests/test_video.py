@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from pixel_ddpg.config import UserError
+from pixel_ddpg.errors import UserError
 from pixel_ddpg.video import BACKGROUND, MARGIN, TILE_PADDING, VideoWriter, compose_frame, default_scale
 
 RNG = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""`python -m envs.preview env=cheetah obs=pixels out=preview.png`.
+"""`python -m pixel_ddpg.preview env=cheetah obs=pixels out=preview.png`.
 
 A picture of exactly what the agent sees (every frame of the observation stack, enlarged
 without smoothing) so a person can check camera, crop and stacking at a glance.
@@ -15,9 +15,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import make_grid
 
-from envs.errors import ConfigError
-from envs.pool import make_env
-from envs.settings import EnvSettings
+from envs import EnvSettings, make_env
+from pixel_ddpg.config import cli
+from pixel_ddpg.errors import ConfigError
 
 
 def obs_grid(obs: np.ndarray, scale: int, padding: int = 2) -> np.ndarray:
@@ -57,7 +57,7 @@ def preview(cfg: DictConfig) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    from pixel_ddpg.config import cli
+main = cli(preview, config_name="preview")
 
-    cli(preview, config_name="preview")()
+if __name__ == "__main__":
+    main()
