@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from envs.pool import EnvSpec, EnvStep
 from pixel_ddpg.agent import DDPGAgent, make_agent
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.config import compose
-from pixel_ddpg.device import Precision
+from pixel_ddpg.device import Precision, usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +34,14 @@ PAPER = dict(
 )
 DRQV2 = dict(PAPER, image_size=16, action_repeat=2, render_substeps=False, frame_stack=3, episode_sim_steps=10)
 STATE = dict(PAPER, obs_type="state", image_size=0, action_repeat=1, render_substeps=False, frame_stack=1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (README's commands) N workers share the cores: each worker's own torch
+    ops get its share of them, so that the workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, usable_cores() // workers))
 
 
 def tiny(base: dict = PAPER, **over: object) -> EnvSettings:

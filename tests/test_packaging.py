@@ -19,7 +19,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"```bash\n(.*?)\n```", readme, flags=re.S)
     test_cmd = next(c for c in commands if "pytest" in c).split("&& ")[-1].strip()
-    assert test_cmd == 'python -m pytest -m "not slow" -q'
+    assert test_cmd == 'python -m pytest -m "not slow" -q -n 2'
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_cmd in ci_lines
 
@@ -31,9 +31,9 @@ def test_readme_train_command_is_the_default_run():
 
 def test_ci_runs_the_learning_test_the_readme_describes():
     readme = (ROOT / "README.md").read_text()
-    assert "`python -m pytest -m learning -q`" in readme
+    assert "`python -m pytest -m learning -q -n 2`" in readme
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert "python -m pytest -m learning -q" in ci_lines
+    assert "python -m pytest -m learning -q -n 2" in ci_lines
 
 
 def build_wheel(dest: Path) -> Path:
