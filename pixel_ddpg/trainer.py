@@ -29,7 +29,7 @@ from pixel_ddpg.agent import DDPGAgent
 from pixel_ddpg.batch import Batch
 from pixel_ddpg.device import resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.learner import LearnerSettings
+from pixel_ddpg.learner import LearnerSettings, NoiseSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay
 from pixel_ddpg.rollout import agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
@@ -78,6 +78,16 @@ def updates_per_step(cfg: DictConfig) -> float:
     return int(cfg.obs.action_repeat) / float(per)
 
 
+def describe_noise(noise: NoiseSettings) -> str:
+    """The exploration in a few words: its size is chosen per task (the env group), so the line says it."""
+    if noise.type == "ou":
+        end = "" if noise.sigma_end is None else f"->{noise.sigma_end:g}"
+        return f"ou noise sigma {noise.sigma:g}{end}"
+    if noise.type == "gaussian":
+        return f"gaussian noise std {noise.std_start:g}->{noise.std_end:g}"
+    return f"{noise.type} noise"
+
+
 def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
     """The start-up line that says which learner learns from which observation: the defaults
     changed from the paper's (setup=paper), and a curve means little without both."""
@@ -87,7 +97,7 @@ def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_ste
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
     return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
             f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
-            f"returns, {learner.noise.type} noise); observation: {obs}, action repeat {spec.action_repeat}")
+            f"returns, {describe_noise(learner.noise)}); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.trainer import planned_updates, updates_per_step
+from pixel_ddpg.learner import NoiseSettings
+from pixel_ddpg.trainer import describe_noise, planned_updates, updates_per_step
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
 PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
@@ -109,3 +110,21 @@ def test_the_headline_command_trains_checkpoints_and_evaluates_with_the_defaults
     config = (run / "config.yaml").read_text()
     assert "name: ddpg_drq" in config and "action_repeat: 8" in config
     assert "render: auto" not in config  # the profile auto chose is recorded
+
+
+# The default learner's OU sigma at the start of its schedule, per task: the env group's ddpg_drq block,
+# each value from the runs in docs/results.md ("Exploration per task").
+EXPLORATION_SIGMA = {"cartpole": 1.0, "reacher": 1.0, "cheetah": 1.0, "ball_in_cup": 1.0, "finger": 1.0, "walker": 1.0}
+
+
+@pytest.mark.parametrize("env,sigma", sorted(EXPLORATION_SIGMA.items()))
+def test_the_default_learners_exploration_is_sized_per_task(env, sigma):
+    cfg = compose([f"env={env}"])
+    assert (cfg.agent.noise.type, cfg.agent.noise.sigma, cfg.agent.noise.sigma_end) == ("ou", sigma, 0.1)
+    assert compose([f"env={env}", "agent.noise.sigma=0.5"]).agent.noise.sigma == 0.5  # an override still wins
+    assert f"ou noise sigma {sigma:g}->0.1" in describe_noise(NoiseSettings.from_config(cfg.agent.noise))
+
+
+def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
+    assert compose(["env=hopper"]).agent.noise.sigma == 1.0
+    assert compose(["env=walker", "agent=ddpg"]).agent.noise.sigma == 0.2  # other learners ignore the block
