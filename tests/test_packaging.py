@@ -31,9 +31,9 @@ def test_readme_train_command_is_the_default_run():
 
 def test_ci_runs_the_learning_test_the_readme_describes():
     readme = (ROOT / "README.md").read_text()
-    assert "`python -m pytest -m learning -q -n 2`" in readme
+    assert "`python -m pytest -m learning -q`" in readme
     ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert "python -m pytest -m learning -q -n 2" in ci_lines
+    assert "python -m pytest -m learning -q" in ci_lines
 
 
 def build_wheel(dest: Path) -> Path:
