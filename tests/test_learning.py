@@ -70,9 +70,9 @@ def test_state_ddpg_learns_cartpole_balance(tmp_path, seed, baselines):
     proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.train", *LEARN, f"seed={seed}",
                            f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     # 900 s: a seed takes 1.5-2.5 minutes on 2 idle cores, but this small-batch learner slows most when
-    # the cores are shared: 380 s beside two pixel runs; with `-n 2` beside a pixel training run, two
-    # seeds at once reached 60k frames in 342 s (about 600 s for 100k). The thresholds below are what
-    # the test is about, not the minutes.
+    # the cores are shared: 380 s beside two pixel runs, and two seeds at once beside a pixel training run
+    # reached 60k frames in 342 s (about 600 s for 100k). The thresholds below are what the test is
+    # about, not the minutes.
     assert proc.returncode == 0, proc.stdout + proc.stderr
     returns = eval_returns(run)
     assert len(returns) == 11, returns  # frame 0, then every 10k frames to 100k
