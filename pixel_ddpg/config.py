@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from pixel_ddpg.errors import USER_ERRORS, ConfigError, UserError
 
@@ -141,6 +141,8 @@ def cli(task: Callable[[DictConfig], object], config_name: str = "config",
             task(cfg)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except MissingMandatoryValue as exc:  # a `???` in conf/ the command line did not fill
+            fail(f"{exc.full_key}= is required: give it on the command line ({exc.full_key}=...)")
         except InterpolationResolutionError as exc:  # a resolver's own one-line error, unwrapped
             if isinstance(exc.__cause__, USER_ERRORS):
                 fail(str(exc.__cause__))

@@ -96,6 +96,7 @@ def test_random_policy_return_equals_the_env_for_the_same_seed_and_actions():
 
 def test_bad_input_is_one_clear_line(pixel_run, tmp_path):
     cases = [
+        ([], "checkpoint= is required"),
         ([f"checkpoint={tmp_path}/missing.pt"], "does not exist"),
         ([f"checkpoint={tmp_path}"], "no checkpoints/last.pt"),
         ([f"checkpoint={pixel_run}", "episodes=0"], "episodes=0"),
