@@ -20,7 +20,7 @@ from envs.settings import resolve_render
 from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance, rundir
 from pixel_ddpg.config import cli, ensure_writable_dir, to_yaml
-from pixel_ddpg.errors import USER_ERRORS
+from pixel_ddpg.errors import USER_ERRORS, UserError
 from pixel_ddpg.runlog import RunLock
 
 
@@ -36,8 +36,19 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return kept + [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
     for a in argv:
         if a.startswith("hydra.run.dir="):
-            RunLock(ensure_writable_dir(Path(a.split("=", 1)[1]), "hydra.run.dir")).check_free()
+            run_dir = ensure_writable_dir(Path(a.split("=", 1)[1]), "hydra.run.dir")
+            RunLock(run_dir).check_free()
+            _check_empty(run_dir)
     return argv
+
+
+def _check_empty(run_dir: Path) -> None:
+    """A new run does not write into another run's files (its CSVs would append to the old rows)."""
+    held = [name for name in (rundir.RUN_CONFIG, rundir.TRAIN_CSV, rundir.EVAL_CSV, rundir.CKPT_DIR)
+            if (run_dir / name).exists()]
+    if held:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(held)}): resume={run_dir} continues it; "
+                        f"a new run needs another hydra.run.dir")
 
 
 def _remove_if_only_hydra(run_dir: Path) -> None:

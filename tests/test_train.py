@@ -47,6 +47,11 @@ def test_resume_continues_counters_without_duplicate_rows(tmp_path):
         assert f == sorted(set(f)), f"{name} has duplicated or unordered rows: {f}"
     assert frames(run / "eval.csv") == [0, 120, 180, 240, 360]  # 180: the first run's final evaluation
     assert not (tmp_path / "ignored").exists()
+    before = {name: (run / name).read_bytes() for name in ("train.csv", "eval.csv", "config.yaml")}
+    proc = train(run, "obs=state", "total_frames=180", check=False)  # a new run, not resume=
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{run} already holds a run" in proc.stderr and f"resume={run}" in proc.stderr, proc.stderr
+    assert {name: (run / name).read_bytes() for name in before} == before, "the refused run wrote"
 
 
 def test_resume_from_a_final_evaluation_on_the_schedule_repeats_no_row(tmp_path):
