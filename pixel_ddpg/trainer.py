@@ -88,6 +88,14 @@ def describe_noise(noise: NoiseSettings) -> str:
     return f"{noise.type} noise"
 
 
+def describe_guard(learner: LearnerSettings) -> str:
+    """The saturation guard, where there is one: like the noise, its size may be chosen per task."""
+    if learner.actor_preact_penalty <= 0:
+        return ""
+    where = f" beyond |u| {learner.actor_preact_knee:g}" if learner.actor_preact_knee > 0 else ""
+    return f", pre-tanh penalty {learner.actor_preact_penalty:g}{where}"
+
+
 def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
     """The start-up line that says which learner learns from which observation: the defaults
     changed from the paper's (setup=paper), and a curve means little without both."""
@@ -97,7 +105,7 @@ def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_ste
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
     return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
             f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
-            f"returns, {describe_noise(learner.noise)}); observation: {obs}, action repeat {spec.action_repeat}")
+            f"returns, {describe_noise(learner.noise)}{describe_guard(learner)}); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.learner import NoiseSettings
-from pixel_ddpg.trainer import describe_noise, planned_updates, updates_per_step
+from pixel_ddpg.learner import LearnerSettings, NoiseSettings
+from pixel_ddpg.trainer import describe_guard, describe_noise, planned_updates, updates_per_step
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
 PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
@@ -123,6 +123,24 @@ def test_the_default_learners_exploration_is_sized_per_task(env, sigma):
     assert (cfg.agent.noise.type, cfg.agent.noise.sigma, cfg.agent.noise.sigma_end) == ("ou", sigma, 0.1)
     assert compose([f"env={env}", "agent.noise.sigma=0.5"]).agent.noise.sigma == 0.5  # an override still wins
     assert f"ou noise sigma {sigma:g}->0.1" in describe_noise(NoiseSettings.from_config(cfg.agent.noise))
+
+
+# The default learner's saturation guard per task, (pre-tanh penalty, knee): the env group's ddpg_drq
+# block where runs measured a better one (docs/results.md, "Exploration per task"), else the learner's.
+SATURATION_GUARD = {"cartpole": (0.01, 2.0), "reacher": (0.01, 2.0), "cheetah": (0.01, 2.0),
+                    "ball_in_cup": (0.01, 2.0), "finger": (0.01, 2.0), "walker": (0.01, 2.0)}
+
+
+@pytest.mark.parametrize("env,guard", sorted(SATURATION_GUARD.items()))
+def test_the_default_learners_saturation_guard_is_sized_per_task_and_said(env, guard):
+    cfg = compose([f"env={env}"])
+    assert (cfg.agent.actor_preact_penalty, cfg.agent.actor_preact_knee) == guard
+    learner = LearnerSettings.from_config(cfg.agent, pixels=True)
+    assert f"pre-tanh penalty {guard[0]:g} beyond |u| {guard[1]:g}" in describe_guard(learner)
+    cfg = compose([f"env={env}", "agent.actor_preact_penalty=0.5", "agent.actor_preact_knee=0"])
+    assert describe_guard(LearnerSettings.from_config(cfg.agent, pixels=True)) == ", pre-tanh penalty 0.5"
+    cfg = compose([f"env={env}", "agent.actor_preact_penalty=0"])
+    assert describe_guard(LearnerSettings.from_config(cfg.agent, pixels=True)) == ""
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
