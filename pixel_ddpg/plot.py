@@ -1,6 +1,6 @@
 """Figures from run dirs and eval dirs: learning curves, the critic's Q against the return, aggregates.
 
-``python -m pixel_ddpg.plot [curves] RUN_DIR... [--out curve.png] [--label-by env|seed|dir] [--title T]
+``python -m pixel_ddpg.plot [curves] RUN_DIR... [--out curve.png] [--label-by env|name|seed|dir] [--title T]
 [--reference LABEL=RETURN ...]``: evaluation return against env frames, from the ``eval.csv`` of run
 dirs (the default subcommand).
 
@@ -23,7 +23,10 @@ multirun subdir ``<env>-<obs>-seed<N>``), or else by its parent folder's name (a
 ``runs/<env>-<obs>/<time>``). The seeds of a group are compared on the frames that all of them
 reached: a curve stops where its shortest seed stopped. A group of one run is drawn as that
 run's line with its own ±``return_std`` band (the spread over its evaluation episodes).
-``--label-by seed`` and ``--label-by dir`` draw every run on its own (with its ±std band),
+``--label-by name`` draws the same mean and band, grouping by the dir name alone with a trailing
+``-seed<N>`` removed: for seeds run by different versions of the code, whose configs differ in
+keys added since or in how a value was given (``agent.noise.sigma=0.3`` or the env group's), so
+the name is the record of what a run is. ``--label-by seed`` and ``--label-by dir`` draw every run on its own (with its ±std band),
 labelled by its group and seed, or by its dir name.
 
 Errors (no ``eval.csv``, an empty or corrupt one, an output that cannot be written) are one
@@ -33,6 +36,7 @@ line ``error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -43,9 +47,9 @@ import numpy as np
 from pixel_ddpg.config import ArgParser, fail
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.figures import group_labels, new_figure, save_figure
-from pixel_ddpg.rundir import Run, load_run
+from pixel_ddpg.rundir import SEED_SUFFIX, Run, load_run
 
-LABEL_BY = ("env", "seed", "dir")
+LABEL_BY = ("env", "name", "seed", "dir")
 
 
 def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -59,6 +63,16 @@ def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     grid = grid[(grid >= lo) & (grid <= hi)]
     curves = np.stack([np.interp(grid, r.frame, r.mean) for r in runs])
     return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
+
+
+def _grouped_by_name(run: Run) -> Run:
+    """``run`` regrouped by its dir name without the ``-seed<N>`` suffix (its config left out)."""
+    match = SEED_SUFFIX.match(run.path.resolve().name)
+    if match is None:
+        raise UserError(f"--label-by name needs run dirs named <name>-seed<N>; {run.path} is not")
+    name = match["name"]
+    seed = run.seed if run.seed is not None else int(match["seed"])
+    return dataclasses.replace(run, group=f"name:{name}", label=name, seed=seed, config=None)
 
 
 def plot_runs(
@@ -93,6 +107,8 @@ def plot_runs(
     fig = new_figure(out)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(runs))]
+    if label_by == "name":
+        runs = [_grouped_by_name(r) for r in runs]
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)
@@ -103,7 +119,7 @@ def plot_runs(
         ax.plot(run.frame, run.mean, color=color, label=label, marker=marker, markersize=3)
         ax.fill_between(run.frame, run.mean - run.std, run.mean + run.std, color=color, alpha=0.2, linewidth=0)
 
-    if label_by == "env":
+    if label_by in ("env", "name"):
         for color, (g, members) in zip(colors, groups.items()):
             if len(members) == 1:
                 single(members[0], f"{labels[g]} (±std over episodes)", color)
@@ -262,7 +278,8 @@ def _main_curves(argv: Sequence[str]) -> None:
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run dirs holding eval.csv")
     parser.add_argument("--out", type=Path, default=Path("curve.png"), help="image to write (default: curve.png)")
     parser.add_argument("--label-by", choices=LABEL_BY, default="env",
-                        help="env: seeds of one config as mean and min-max band; seed/dir: every run on its own")
+                        help="env: seeds of one config as mean and min-max band; name: the same, seeds being dirs "
+                             "<name>-seed<N> of one name; seed/dir: every run on its own")
     parser.add_argument("--title", default=None, help="figure title")
     parser.add_argument("--reference", action="append", default=[], type=_reference, metavar="LABEL=RETURN",
                         help="a dashed line at a return, e.g. --reference 'random policy=303' (repeatable)")

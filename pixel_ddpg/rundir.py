@@ -167,7 +167,7 @@ REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
 # are seeds of one configuration.
 IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
                 "compile", "provenance")
-_SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
+SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
 
 
 @dataclass
@@ -269,7 +269,7 @@ def load_run(run_dir: Path) -> Run:
     multirun subdir), or else by its parent folder's name (a single run's ``runs/<env>-<obs>/<time>``)."""
     frame, mean, std = read_eval_csv(run_dir)
     cfg = read_config(run_dir)
-    match = _SEED_SUFFIX.match(run_dir.name)
+    match = SEED_SUFFIX.match(run_dir.name)
     if cfg is not None:
         flat = _comparable(cfg)
         group = repr(sorted(flat.items()))

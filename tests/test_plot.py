@@ -12,7 +12,7 @@ from PIL import Image
 
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.figures import DPI, FIGSIZE, group_labels
-from pixel_ddpg.plot import _seed_band, plot_runs
+from pixel_ddpg.plot import _grouped_by_name, _seed_band, plot_runs
 from pixel_ddpg.rundir import load_run
 from tests.conftest import HEADER, make_run, ROOT
 
@@ -63,6 +63,24 @@ def test_seeds_share_a_group_and_other_configs_do_not(runs: list[Path], tmp_path
     # a different learning rate is a different config
     lr = load_run(make_run(tmp_path / "lr", [0, 10000], [0, 1], seed=0, lr=3e-4))
     assert lr.group != loaded[0].group
+
+
+def test_label_by_name_makes_seeds_of_one_name_one_band_whatever_their_configs(tmp_path: Path) -> None:
+    # seeds run by two versions of the code: the configs differ (here in lr), the names say what they are
+    old = make_run(tmp_path / "cup-pen1-seed1", [0, 10, 20], [0, 10, 20], seed=1)
+    new = make_run(tmp_path / "cup-pen1-seed2", [0, 10, 20], [0, 30, 40], seed=2, lr=3e-4)
+    other = make_run(tmp_path / "cup-seed1", [0, 10, 20], [0, 5, 5], seed=1, nstep=3)
+    by_config = [load_run(p) for p in (old, new, other)]
+    assert len({r.group for r in by_config}) == 3
+    by_name = [_grouped_by_name(r) for r in by_config]
+    assert by_name[0].group == by_name[1].group != by_name[2].group
+    assert [r.label for r in by_name] == ["cup-pen1", "cup-pen1", "cup"]
+    assert [r.seed for r in by_name] == [1, 2, 1]
+    out = plot_runs([old, new, other], tmp_path / "name.png", label_by="name")
+    assert out.is_file()
+    with pytest.raises(UserError, match="<name>-seed<N>"):
+        plot_runs([old, make_run(tmp_path / "no-suffix", [0, 10], [0, 1], seed=0)], tmp_path / "x.png", label_by="name")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_ablations_are_named_by_what_they_change_from_the_group_with_most_seeds(tmp_path: Path) -> None:
