@@ -36,7 +36,6 @@ line ``error: ...`` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ import numpy as np
 from pixel_ddpg.config import ArgParser, fail
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.figures import group_labels, new_figure, save_figure
-from pixel_ddpg.rundir import SEED_SUFFIX, Run, load_run
+from pixel_ddpg.rundir import Run, load_run
 
 LABEL_BY = ("env", "name", "seed", "dir")
 
@@ -63,16 +62,6 @@ def _seed_band(runs: list[Run]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     grid = grid[(grid >= lo) & (grid <= hi)]
     curves = np.stack([np.interp(grid, r.frame, r.mean) for r in runs])
     return grid, curves.mean(axis=0), curves.min(axis=0), curves.max(axis=0)
-
-
-def _grouped_by_name(run: Run) -> Run:
-    """``run`` regrouped by its dir name without the ``-seed<N>`` suffix (its config left out)."""
-    match = SEED_SUFFIX.match(run.path.resolve().name)
-    if match is None:
-        raise UserError(f"--label-by name needs run dirs named <name>-seed<N>; {run.path} is not")
-    name = match["name"]
-    seed = run.seed if run.seed is not None else int(match["seed"])
-    return dataclasses.replace(run, group=f"name:{name}", label=name, seed=seed, config=None)
 
 
 def plot_runs(
@@ -101,14 +90,12 @@ def plot_runs(
     for d in map(Path, run_dirs):
         if d.resolve() not in seen:
             seen.add(d.resolve())
-            runs.append(load_run(d))
+            runs.append(load_run(d, by_name=label_by == "name"))
     out = Path(out)
 
     fig = new_figure(out)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(runs))]
-    if label_by == "name":
-        runs = [_grouped_by_name(r) for r in runs]
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.group, []).append(r)

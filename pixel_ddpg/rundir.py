@@ -167,7 +167,7 @@ REQUIRED_COLUMNS = ("frame", "return_mean", "return_std")
 # are seeds of one configuration.
 IGNORED_KEYS = ("seed", "resume", "total_frames", "log", "checkpoint", "device", "num_threads", "torch_threads",
                 "compile", "provenance")
-SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
+_SEED_SUFFIX = re.compile(r"^(?P<name>.*?)[-_]seed(?P<seed>\d+)$")
 
 
 @dataclass
@@ -262,15 +262,20 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in _flatten(cfg).items() if k.split(".")[0] not in IGNORED_KEYS}
 
 
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path, by_name: bool = False) -> Run:
     """Read one run dir: its curve, its config group, its seed.
 
     A run dir with no config is grouped by its name with a trailing ``-seed<N>`` removed (Hydra's
-    multirun subdir), or else by its parent folder's name (a single run's ``runs/<env>-<obs>/<time>``)."""
+    multirun subdir), or else by its parent folder's name (a single run's ``runs/<env>-<obs>/<time>``).
+    ``by_name``: every run is grouped by its name so, its config left out (seeds run by different
+    versions of the code, whose configs differ in keys added since); a name without the suffix is
+    an error."""
     frame, mean, std = read_eval_csv(run_dir)
     cfg = read_config(run_dir)
-    match = SEED_SUFFIX.match(run_dir.name)
-    if cfg is not None:
+    match = _SEED_SUFFIX.match(run_dir.name)
+    if by_name and match is None:
+        raise UserError(f"grouping by name needs run dirs named <name>-seed<N>; {run_dir} is not")
+    if cfg is not None and not by_name:
         flat = _comparable(cfg)
         group = repr(sorted(flat.items()))
         env, obs = cfg.get("env"), cfg.get("obs")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.figures import DPI, FIGSIZE, group_labels
-from pixel_ddpg.plot import _grouped_by_name, _seed_band, plot_runs
+from pixel_ddpg.plot import _seed_band, plot_runs
 from pixel_ddpg.rundir import load_run
 from tests.conftest import HEADER, make_run, ROOT
 
@@ -72,7 +72,7 @@ def test_label_by_name_makes_seeds_of_one_name_one_band_whatever_their_configs(t
     other = make_run(tmp_path / "cup-seed1", [0, 10, 20], [0, 5, 5], seed=1, nstep=3)
     by_config = [load_run(p) for p in (old, new, other)]
     assert len({r.group for r in by_config}) == 3
-    by_name = [_grouped_by_name(r) for r in by_config]
+    by_name = [load_run(p, by_name=True) for p in (old, new, other)]
     assert by_name[0].group == by_name[1].group != by_name[2].group
     assert [r.label for r in by_name] == ["cup-pen1", "cup-pen1", "cup"]
     assert [r.seed for r in by_name] == [1, 2, 1]
