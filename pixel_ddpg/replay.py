@@ -251,7 +251,11 @@ class ReplayBuffer:
         tau, env, w = self._draw(batch_size)
         S, N, K, n = self.slots, self.num_envs, self.frame_stack, self.nstep
         k, rows = w["k"], np.arange(batch_size)
-        step_idx = ((tau[:, None] + np.arange(1, n + 1)[None, :]) % S) * N + env[:, None]  # slots tau+1..tau+n
+        # slots tau+1..tau+n; past the chain's end (weight 0) read tau+1 again, which is always
+        # written: a slot there may be one the buffer has never written (torch.empty garbage,
+        # possibly NaN) and NaN * 0 is NaN.
+        ahead = np.where(w["inc"], np.arange(1, n + 1)[None, :], 1)
+        step_idx = ((tau[:, None] + ahead) % S) * N + env[:, None]
         weights = (w["inc"] * self._powers).astype(np.float32)  # gamma^j for the steps summed, 0 past the end
         terminated = w["term"][rows, K - 1 + k]
         discount = np.where(terminated, 0.0, self._powers[k - 1] * self.gamma).astype(np.float32)

@@ -254,6 +254,25 @@ def test_nstep_sums_by_hand() -> None:
     assert got == set(want)
 
 
+def test_an_episode_end_at_the_write_head_never_reads_unwritten_reward_slots() -> None:
+    """A transition whose n-step chain stops at an episode's end just stored has slots past the
+    end that the buffer has never written: their memory is garbage (here NaN), and the reward
+    is still the finite sum of the steps before the end (NaN * 0 would be NaN)."""
+    spec = synth_spec(pixels=False, num_envs=1, dim=1, action_dim=1)
+    replay = ReplayBuffer(spec, capacity=64, nstep=3, gamma=0.5, seed=0, verbose=False)
+    replay.rewards.fill_(float("nan"))  # what torch.empty may hold
+    steps = [(0, 0.0, True, False), (1, 1.0, False, False), (2, 2.0, False, True)]  # t, reward, first, term
+    for t, r, first, term in steps:
+        replay.add(EnvStep(obs=np.array([[t]], np.float32), reward=np.array([r], np.float32),
+                           terminated=np.array([term]), truncated=np.array([False]), first=np.array([first])),
+                   None if t == 0 else np.array([[0.0]], np.float32))
+    assert replay.num_valid() == 2  # t=0 (1 + 0.5 * 2) and t=1 (2), both ending at the termination
+    b = replay.sample(64)
+    assert torch.isfinite(b.reward).all()
+    want = {0: 2.0, 1: 2.0}
+    assert all(r == pytest.approx(want[int(o)]) for o, r in zip(b.obs[:, 0].tolist(), b.reward.tolist()))
+
+
 def test_stack_never_crosses_episode_start() -> None:
     """DrQ-v2 layout by hand: frame value = timestep; at an episode start the stack repeats it."""
     spec = synth_spec(pixels=True, num_envs=1, frame_stack=3, channels=1)
