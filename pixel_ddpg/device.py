@@ -218,7 +218,14 @@ def set_cpu_threads(device: torch.device, threads: object = "auto", env_threads:
 
     ``auto``: :func:`plan_threads` over :func:`usable_cores`; ``env_threads`` is how many threads
     EnvPool steps with (its own count, or the renderer's one on a software rasterizer).
+
+    On a CPU it also flushes denormal floats to zero (as TensorFlow and XLA do by default): weights
+    and Adam moments that an L2 decay drives toward zero turn denormal, and x86 cores compute on
+    those many times slower (the paper learner's update fell from 26 to 5 per second at 20k
+    frames: docs/results.md). Set here, before torch starts its worker threads, which inherit it.
     """
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
     if threads == "auto":
         if device.type != "cpu":
             return torch.get_num_threads()

@@ -179,3 +179,19 @@ def test_the_trainer_keeps_eager_when_compiled_updates_time_slower(tmp_path, mon
         assert "compiled 4.00, eager 5.00 updates/s, so eager" in trainer.precision.describe()
     finally:
         trainer.close()
+
+
+def test_a_cpu_run_flushes_denormals_to_zero():
+    """Weights an L2 decay drives toward zero turn denormal, and x86 cores compute on denormals
+    many times slower: every CPU run (trainer, benchmark, evaluate all set their threads here)
+    computes with them flushed to zero."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_flush_denormal(False)
+        tiny = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38 (made with flushing off)
+        assert (tiny * 1.0).item() != 0.0
+        set_cpu_threads(torch.device("cpu"), 1)
+        assert (tiny * 1.0).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)
