@@ -222,7 +222,9 @@ def set_cpu_threads(device: torch.device, threads: object = "auto", env_threads:
     On a CPU it also flushes denormal floats to zero (as TensorFlow and XLA do by default): weights
     and Adam moments that an L2 decay drives toward zero turn denormal, and x86 cores compute on
     those many times slower (the paper learner's update fell from 26 to 5 per second at 20k
-    frames: docs/results.md). Set here, before torch starts its worker threads, which inherit it.
+    frames: docs/results.md). The flag is per thread: torch's intra-op workers inherit it only
+    when they start after it, so the trainer, the benchmark and evaluate call this before any
+    torch op runs in parallel (a process whose thread pool already runs keeps it in the caller only).
     """
     if device.type == "cpu":
         torch.set_flush_denormal(True)

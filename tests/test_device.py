@@ -195,3 +195,20 @@ def test_a_cpu_run_flushes_denormals_to_zero():
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(before)
+
+
+def test_the_learners_worker_threads_flush_denormals_too():
+    """The flag is per thread: in a fresh process (as a run starts) the intra-op workers, started
+    after set_cpu_threads, inherit it, so a 2-thread op on denormals gives zeros in both halves."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, torch\n"
+            "from pixel_ddpg.device import set_cpu_threads\n"
+            "set_cpu_threads(torch.device('cpu'), 2)\n"
+            "a = torch.from_numpy(np.full(4_000_000, 0x000AE398, np.int32).view(np.float32))  # denormal bits\n"
+            "assert int((a.view(torch.int32) != 0).sum()) == a.numel()\n"
+            "print(int(((a * 1.0) != 0).sum()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
