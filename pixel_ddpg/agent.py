@@ -165,6 +165,21 @@ class DDPGAgent:
         """
         compiled = (self._critic_loss_fn, self._actor_loss_fn, self._policy_fn)
         eager = (self._critic_loss, self._actor_loss, self._policy)
+        compiled_s, eager_s = self._time_paths([compiled, eager], rounds, pair, clock)
+        return compiled_s, eager_s
+
+    def time_update(self, rounds: int = 4, pair: int = 2,
+                    clock: Callable[[], float] = time.perf_counter) -> float:
+        """Seconds per update on the path in use (compiled or eager), timed as
+        :meth:`time_compiled_and_eager` times each, and leaving the agent as it was: what
+        ``frames_per_update=auto`` sizes the run's compute by when compile=auto did not time it."""
+        current = (self._critic_loss_fn, self._actor_loss_fn, self._policy_fn)
+        return self._time_paths([current], rounds, pair, clock)[0]
+
+    def _time_paths(self, paths: list[tuple[Callable, Callable, Callable]], rounds: int, pair: int,
+                    clock: Callable[[], float]) -> list[float]:
+        """The fastest round's seconds per update of each path, then the agent restored, the first
+        path in use again."""
         saved = copy.deepcopy(self.state_dict())
         last = (self._last_actor_loss, self._last_pre_tanh, self._last_saturated)
         n, g = self.batch_size, torch.Generator(device=self.device).manual_seed(0)
@@ -175,26 +190,26 @@ class DDPGAgent:
         action = torch.rand(n, self.spec.action_dim, device=self.device, generator=g) * 2 - 1
         batch = Batch(obs[0], action, torch.rand(n, device=self.device, generator=g),
                       torch.full((n,), 0.97, device=self.device), obs[1])
-        best = {True: float("inf"), False: float("inf")}
+        best = [float("inf")] * len(paths)
         try:
-            for fns in (compiled, eager):  # warm-up: compiles, and allocates what each path keeps
+            for fns in paths:  # warm-up: compiles, and allocates what each path keeps
                 self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = fns
                 for _ in range(pair):
                     self.update(batch)
             for _ in range(rounds):
-                for is_compiled, fns in ((True, compiled), (False, eager)):
+                for i, fns in enumerate(paths):
                     self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = fns
                     self._sync()
                     start = clock()
                     for _ in range(pair):
                         self.update(batch)
                     self._sync()
-                    best[is_compiled] = min(best[is_compiled], (clock() - start) / pair)
+                    best[i] = min(best[i], (clock() - start) / pair)
         finally:
-            self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = compiled
+            self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = paths[0]
             self.load_state_dict(saved)
             self._last_actor_loss, self._last_pre_tanh, self._last_saturated = last
-        return best[True], best[False]
+        return best
 
     def use_eager(self) -> None:
         """Run updates and acting without torch.compile from now on."""

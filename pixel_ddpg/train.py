@@ -113,8 +113,10 @@ def run(cfg: DictConfig) -> None:
                 lock.release()
                 _remove_if_only_hydra(run_dir)
             raise
-        if resume is not None:
-            rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
+        # What the Trainer resolved at start-up (agent.frames_per_update=auto) goes into config.yaml
+        # too; a resume writes the config it merged.
+        config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()
+        rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
         print(f"run dir: {run_dir}", flush=True)
         result = trainer.train()
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from envs import EnvSettings, EnvStep, VecEnv, make_env
 from envs.egl import NVIDIA_CAPABILITIES_ENV, software_render_warning, software_rendering
@@ -59,12 +59,33 @@ def check_counts(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{key}={value} must be zero or a positive whole number")
     updates_per_step(cfg)
+    if cfg.get("utd_ratio") is None and cfg.agent.get("frames_per_update") == FRAMES_PER_UPDATE_AUTO:
+        budget = cfg.agent.get("update_budget_minutes")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise UserError(f"agent.update_budget_minutes={budget} must be a positive number "
+                            f"(the minutes agent.frames_per_update=auto sizes 100k frames' updates to)")
+
+
+FRAMES_PER_UPDATE_AUTO = "auto"
+
+
+def frames_per_update_choices(cfg: DictConfig) -> list[float]:
+    """``agent.frames_per_update_choices``, checked: what ``frames_per_update=auto`` picks from."""
+    choices = cfg.agent.get("frames_per_update_choices")
+    if (not isinstance(choices, (list, tuple, ListConfig)) or not choices
+            or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0 for c in choices)):
+        raise UserError(f"agent.frames_per_update_choices={choices} must be a list of positive numbers "
+                        f"(what agent.frames_per_update=auto picks from)")
+    return sorted(float(c) for c in choices)
 
 
 def updates_per_step(cfg: DictConfig) -> float:
     """Updates per transition collected: ``utd_ratio`` when set; else one update per
     ``agent.frames_per_update`` env frames, which keeps a learner's compute per frame (and so per
-    CPU minute) the same at any task's action repeat; else (both null) one per transition."""
+    CPU minute) the same at any task's action repeat; else (both null) one per transition.
+    ``frames_per_update=auto`` counts as its cheapest choice until the Trainer's start-up timing
+    resolves it (:func:`choose_frames_per_update`), so that planning (compile=auto's threshold)
+    never counts on updates a slow machine will not make."""
     utd = cfg.get("utd_ratio")
     if utd is not None:
         if isinstance(utd, bool) or not isinstance(utd, (int, float)) or not utd > 0:
@@ -73,9 +94,30 @@ def updates_per_step(cfg: DictConfig) -> float:
     per = cfg.agent.get("frames_per_update")  # absent from older checkpoints' configs: one per step
     if per is None:
         return 1.0
+    if per == FRAMES_PER_UPDATE_AUTO:
+        per = frames_per_update_choices(cfg)[-1]
     if isinstance(per, bool) or not isinstance(per, (int, float)) or not per > 0:
-        raise UserError(f"agent.frames_per_update={per} must be a positive number, or null (or set utd_ratio)")
+        raise UserError(f"agent.frames_per_update={per} must be a positive number, auto, or null (or set utd_ratio)")
     return int(cfg.obs.action_repeat) / float(per)
+
+
+def choose_frames_per_update(choices: list[float], seconds_per_update: float, budget_minutes: float,
+                             frames: int = 100_000) -> tuple[float, str]:
+    """``frames_per_update=auto``: the most compute per frame whose updates for ``frames`` env frames
+    take at most ``budget_minutes`` at the update speed timed on this machine, else the cheapest
+    choice. One core buys 4.5 (AVX2, fp32) to 17 (AMX, bf16) updates a second at the default's
+    shapes, and one update per 4 frames learned cheetah_run better than one per 8 where it fits
+    (docs/results.md, "Twice the updates"): a learner sized to the hour on one machine misses it by
+    2x on the other. Returns the choice and the start-up line's reason."""
+    rate = 1.0 / seconds_per_update
+    for per in sorted(choices):
+        minutes = frames / per * seconds_per_update / 60
+        if minutes <= budget_minutes:
+            break
+    return per, (f"agent.frames_per_update=auto: {rate:.1f} updates/s timed here, so {frames // 1000}k frames' "
+                 f"updates take {minutes:.0f} min at one per {per:g} frames "
+                 + (f"(budget {budget_minutes:g})" if minutes <= budget_minutes
+                    else f"(over the budget of {budget_minutes:g} at every choice of {[f'{c:g}' for c in choices]})"))
 
 
 def describe_noise(noise: NoiseSettings) -> str:
@@ -213,10 +255,21 @@ class Trainer:
         self.replay: ReplayBuffer = make_replay(cfg, self.spec, self.device, self.learner.sampling, seed=cfg.seed,
                                                 capacity=None if saved is None else int(saved["slots"]) * self.spec.num_envs)
         self.agent = DDPGAgent(self.learner, self.spec, self.precision, cfg.seed)
+        seconds_per_update = None
         if self.precision.timed:  # compile=auto on a CPU: keep whichever update is faster on this machine
-            self.precision = self.precision.after_timing(*self.agent.time_compiled_and_eager())
+            compiled_s, eager_s = self.agent.time_compiled_and_eager()
+            self.precision = self.precision.after_timing(compiled_s, eager_s)
             if not self.precision.compile:
                 self.agent.use_eager()
+            seconds_per_update = min(compiled_s, eager_s)
+        self.compute_why = ""
+        if cfg.get("utd_ratio") is None and cfg.agent.get("frames_per_update") == FRAMES_PER_UPDATE_AUTO:
+            # Sized to this machine; config.yaml and checkpoints record the choice, so a resume keeps it.
+            per, self.compute_why = choose_frames_per_update(
+                frames_per_update_choices(cfg),
+                self.agent.time_update() if seconds_per_update is None else seconds_per_update,
+                float(cfg.agent.update_budget_minutes))
+            cfg.agent.frames_per_update = int(per) if per.is_integer() else per
         self.batch_size = self.learner.sampling.batch_size
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.settings.action_repeat)
         self.updates_per_step = updates_per_step(cfg)
@@ -245,6 +298,8 @@ class Trainer:
         self._collapse_warned: set[str] = set()
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
         self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
+        if self.compute_why:
+            self.log.progress.write(f"compute per frame: {self.compute_why}")
         envs_line = (f"EnvPool {self.env_threads} of {usable_cores()} usable cores" if self.settings.backend == "envpool"
                      else f"a Gymnasium {self.settings.vectorization} vector env; {usable_cores()} usable cores")
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")

@@ -3,13 +3,16 @@ benchmark action repeat, and the DDPG paper's setup is one override away (setup=
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
-from pixel_ddpg.trainer import describe_guard, describe_noise, planned_updates, updates_per_step
+from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_guard, describe_noise, planned_updates,
+                                updates_per_step)
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
 PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
@@ -23,12 +26,53 @@ def test_obs_pixels_uses_the_tasks_benchmark_repeat_and_drqs_stack(env, repeat):
     assert cfg.agent.name == "ddpg_drq"
 
 
-def test_one_update_per_8_frames_at_any_repeat():
+def test_the_default_sizes_its_compute_per_frame_to_the_machine_and_plans_on_the_cheapest_choice():
     for env, repeat in PLANET_REPEATS.items():
         cfg = compose([f"env={env}"])
-        assert updates_per_step(cfg) == repeat / 8
+        assert cfg.agent.frames_per_update == "auto" and list(cfg.agent.frames_per_update_choices) == [4, 8]
+        assert updates_per_step(cfg) == repeat / 8  # until the start-up timing resolves it
+        assert updates_per_step(compose([f"env={env}", "agent.frames_per_update=4"])) == repeat / 4
     cfg = compose(["env=cheetah", "total_frames=100000", "warmup_frames=4000"])
     assert planned_updates(cfg) == 12000  # 96k frames / 8
+
+
+@pytest.mark.parametrize("updates_per_s,chosen,minutes,over", [
+    (17.0, 4, 25, False),   # AMX bf16 (docs/results.md): 25k updates in 25 min
+    (11.4, 4, 37, False),   # AVX-512 fp32, compiled
+    (9.0, 8, 23, False),    # 4 would take 46 min: over the 45
+    (4.5, 8, 46, True),     # AVX2 fp32: over at both; the cheapest, and the line says so
+])
+def test_auto_picks_the_most_updates_whose_100k_frames_fit_the_budget(updates_per_s, chosen, minutes, over):
+    per, why = choose_frames_per_update([4.0, 8.0], 1 / updates_per_s, 45)
+    assert per == chosen
+    assert f"{updates_per_s:.1f} updates/s" in why and f"{minutes} min at one per {chosen} frames" in why
+    assert ("over the budget" in why) == over
+
+
+@pytest.mark.parametrize("override,needle", [("agent.frames_per_update_choices=[]", "frames_per_update_choices"),
+                                             ("agent.frames_per_update_choices=[4,-8]", "frames_per_update_choices"),
+                                             ("agent.update_budget_minutes=0", "update_budget_minutes=0")])
+def test_bad_auto_settings_are_refused(override, needle):
+    with pytest.raises(UserError, match=needle):
+        check_counts(compose(["env=cheetah", override]))
+
+
+@pytest.mark.parametrize("seconds,chosen", [(0.001, 4), (10.0, 8)])
+def test_the_trainer_resolves_auto_from_its_timing_and_says_so(tmp_path, monkeypatch, capsys, seconds, chosen):
+    from pixel_ddpg.agent import DDPGAgent
+    from pixel_ddpg.trainer import Trainer
+
+    monkeypatch.setattr(DDPGAgent, "time_update", lambda self: seconds)
+    cfg = compose(["env=cartpole_balance", "env.episode_sim_steps=16", "obs.image_size=16", "num_envs=1",
+                   "total_frames=16", "device=cpu", "compile=false", "amp=false", "replay.capacity=100",
+                   "log.tensorboard=false", "log.progress=true"])
+    trainer = Trainer(cfg, tmp_path)
+    try:
+        assert cfg.agent.frames_per_update == chosen  # what config.yaml and checkpoints record
+        assert trainer.updates_per_step == cfg.obs.action_repeat / chosen
+    finally:
+        trainer.close()
+    assert f"one per {chosen} frames" in capsys.readouterr().out
 
 
 def test_setup_paper_is_the_papers_learner_and_observation():
@@ -100,7 +144,11 @@ def test_the_headline_command_trains_checkpoints_and_evaluates_with_the_defaults
          "log.tensorboard=false", f"hydra.run.dir={run}"],
         cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "learner: agent=ddpg_drq (batch 8, 1 updates per agent step = one per 8 frames, twin Q, 3-step" in proc.stdout
+    chosen = re.search(r"compute per frame: agent.frames_per_update=auto: .* at one per (4|8) frames", proc.stdout)
+    assert chosen, proc.stdout
+    per = int(chosen.group(1))
+    assert (f"learner: agent=ddpg_drq (batch 8, {8 // per:g} updates per agent step = one per {per} frames, twin Q, "
+            f"3-step") in proc.stdout
     assert "observation: 9x16x16 uint8, last 3 agent steps' renders, action repeat 8" in proc.stdout
     with open(run / "eval.csv", newline="") as f:
         assert [int(r["frame"]) for r in csv.DictReader(f)] == [0, 128, 256, 384]
@@ -110,6 +158,7 @@ def test_the_headline_command_trains_checkpoints_and_evaluates_with_the_defaults
     config = (run / "config.yaml").read_text()
     assert "name: ddpg_drq" in config and "action_repeat: 8" in config
     assert "render: auto" not in config  # the profile auto chose is recorded
+    assert f"frames_per_update: {per}\n" in config  # and the compute per frame
 
 
 # The default learner's OU sigma at the start of its schedule, per task: the env group's ddpg_drq block,
