@@ -106,9 +106,9 @@ def choose_frames_per_update(choices: list[float], seconds_per_update: float, bu
     """``frames_per_update=auto``: the most compute per frame whose updates for ``frames`` env frames
     take at most ``budget_minutes`` at the update speed timed on this machine, else the cheapest
     choice. One core buys 4.5 (AVX2, fp32) to 17 (AMX, bf16) updates a second at the default's
-    shapes, and one update per 4 frames learned cheetah_run and cartpole_swingup better than one
-    per 8 (docs/results.md, "One update per 4 frames where it fits"): a learner sized to the hour
-    on one machine misses it by 2x on the other. Returns the choice and the start-up line's reason."""
+    shapes, and one update per 4 frames learned cheetah_run better than one per 8 over 3 seeds
+    (cartpole_swingup: a tie; docs/results.md, "One update per 4 frames where it fits"): a learner
+    sized to the hour on one machine misses it by 2x on the other. Returns the choice and the start-up line's reason."""
     rate = 1.0 / seconds_per_update
     for per in sorted(choices):
         minutes = frames / per * seconds_per_update / 60
