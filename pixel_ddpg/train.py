@@ -69,6 +69,12 @@ def _start_again(run_dir: Path) -> None:
     shutil.rmtree(run_dir / rundir.TB_DIR, ignore_errors=True)
 
 
+def _config_yaml(cfg: DictConfig, code: dict) -> bytes:
+    """config.yaml's contents: the run's settings, then (outside the config a resume compares) the
+    code that ran them (``provenance.current()``)."""
+    return (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": code})).encode()
+
+
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -100,11 +106,10 @@ def run(cfg: DictConfig) -> None:
                 _start_again(run_dir)
         if str(cfg.render) == "auto":  # config.yaml records the profile the run renders with
             cfg.render = resolve_render(str(cfg.obs.type) == "pixels")
-        # The run's settings, then (outside the config a resume compares) the code that ran them.
-        # A run without a checkpoint writes them first: killed from here on, resume= starts it again.
-        config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()
+        # A run without a checkpoint writes config.yaml first: killed from here on, resume= starts it again.
+        code = provenance.current()
         if resume is None:
-            rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
+            rundir.write_bytes_atomic(_config_yaml(cfg, code), run_dir / rundir.RUN_CONFIG)
         try:
             trainer = Trainer(cfg, run_dir, resume=resume)
         except USER_ERRORS:
@@ -115,8 +120,7 @@ def run(cfg: DictConfig) -> None:
             raise
         # What the Trainer resolved at start-up (agent.frames_per_update=auto) goes into config.yaml
         # too; a resume writes the config it merged.
-        config_yaml = (to_yaml(cfg) + OmegaConf.to_yaml({"provenance": provenance.current()})).encode()
-        rundir.write_bytes_atomic(config_yaml, run_dir / rundir.RUN_CONFIG)
+        rundir.write_bytes_atomic(_config_yaml(cfg, code), run_dir / rundir.RUN_CONFIG)
         print(f"run dir: {run_dir}", flush=True)
         result = trainer.train()
     finally:

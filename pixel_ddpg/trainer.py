@@ -59,24 +59,26 @@ def check_counts(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{key}={value} must be zero or a positive whole number")
     updates_per_step(cfg)
-    if cfg.get("utd_ratio") is None and cfg.agent.get("frames_per_update") == FRAMES_PER_UPDATE_AUTO:
-        budget = cfg.agent.get("update_budget_minutes")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-            raise UserError(f"agent.update_budget_minutes={budget} must be a positive number "
-                            f"(the minutes agent.frames_per_update=auto sizes 100k frames' updates to)")
 
 
 FRAMES_PER_UPDATE_AUTO = "auto"
 
 
-def frames_per_update_choices(cfg: DictConfig) -> list[float]:
-    """``agent.frames_per_update_choices``, checked: what ``frames_per_update=auto`` picks from."""
+def auto_frames_per_update(cfg: DictConfig) -> tuple[list[float], float] | None:
+    """``agent.frames_per_update=auto``'s choices (sorted) and budget in minutes, checked; None when
+    the update rate is set otherwise (a number, null, or a top-level utd_ratio)."""
+    if cfg.get("utd_ratio") is not None or cfg.agent.get("frames_per_update") != FRAMES_PER_UPDATE_AUTO:
+        return None
     choices = cfg.agent.get("frames_per_update_choices")
     if (not isinstance(choices, (list, tuple, ListConfig)) or not choices
             or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0 for c in choices)):
         raise UserError(f"agent.frames_per_update_choices={choices} must be a list of positive numbers "
                         f"(what agent.frames_per_update=auto picks from)")
-    return sorted(float(c) for c in choices)
+    budget = cfg.agent.get("update_budget_minutes")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise UserError(f"agent.update_budget_minutes={budget} must be a positive number "
+                        f"(the minutes agent.frames_per_update=auto sizes 100k frames' updates to)")
+    return sorted(float(c) for c in choices), float(budget)
 
 
 def updates_per_step(cfg: DictConfig) -> float:
@@ -94,8 +96,9 @@ def updates_per_step(cfg: DictConfig) -> float:
     per = cfg.agent.get("frames_per_update")  # absent from older checkpoints' configs: one per step
     if per is None:
         return 1.0
-    if per == FRAMES_PER_UPDATE_AUTO:
-        per = frames_per_update_choices(cfg)[-1]
+    auto = auto_frames_per_update(cfg)
+    if auto is not None:
+        per = auto[0][-1]
     if isinstance(per, bool) or not isinstance(per, (int, float)) or not per > 0:
         raise UserError(f"agent.frames_per_update={per} must be a positive number, auto, or null (or set utd_ratio)")
     return int(cfg.obs.action_repeat) / float(per)
@@ -263,12 +266,12 @@ class Trainer:
                 self.agent.use_eager()
             seconds_per_update = min(compiled_s, eager_s)
         self.compute_why = ""
-        if cfg.get("utd_ratio") is None and cfg.agent.get("frames_per_update") == FRAMES_PER_UPDATE_AUTO:
+        auto = auto_frames_per_update(cfg)
+        if auto is not None:
             # Sized to this machine; config.yaml and checkpoints record the choice, so a resume keeps it.
+            choices, budget = auto
             per, self.compute_why = choose_frames_per_update(
-                frames_per_update_choices(cfg),
-                self.agent.time_update() if seconds_per_update is None else seconds_per_update,
-                float(cfg.agent.update_budget_minutes))
+                choices, self.agent.time_update() if seconds_per_update is None else seconds_per_update, budget)
             cfg.agent.frames_per_update = int(per) if per.is_integer() else per
         self.batch_size = self.learner.sampling.batch_size
         self.learning_starts = max(self.batch_size, int(cfg.warmup_frames) // self.settings.action_repeat)
