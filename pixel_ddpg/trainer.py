@@ -141,6 +141,17 @@ def describe_guard(learner: LearnerSettings) -> str:
     return f", pre-tanh penalty {learner.actor_preact_penalty:g}{where}"
 
 
+def describe_actor_loss(learner: LearnerSettings) -> str:
+    """The actor's objective where it is not DDPG's Q1(s, mu(s)): DrQ-v2's noisy sample and min of
+    the twins change what the deterministic policy settles on, so a curve needs the line to say it."""
+    parts = []
+    if learner.actor_noise:
+        parts.append(f"at a noisy sample (the exploration scale, clip {learner.target_noise_clip:g})")
+    if learner.actor_q == "min":
+        parts.append("on min(Q1, Q2)")
+    return ", actor " + " ".join(parts) if parts else ""
+
+
 def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
     """The start-up line that says which learner learns from which observation: the defaults
     changed from the paper's (setup=paper), and a curve means little without both."""
@@ -150,7 +161,7 @@ def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_ste
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
     return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
             f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
-            f"returns, {describe_noise(learner.noise)}{describe_guard(learner)}); observation: {obs}, action repeat {spec.action_repeat}")
+            f"returns, {describe_noise(learner.noise)}{describe_guard(learner)}{describe_actor_loss(learner)}); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:

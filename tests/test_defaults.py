@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
-from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_guard, describe_noise, planned_updates,
+from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_actor_loss, describe_guard, describe_noise, planned_updates,
                                 updates_per_step)
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
@@ -190,6 +190,16 @@ def test_the_default_learners_saturation_guard_is_sized_per_task_and_said(env, g
     assert describe_guard(LearnerSettings.from_config(cfg.agent, pixels=True)) == ", pre-tanh penalty 0.5"
     cfg = compose([f"env={env}", "agent.actor_preact_penalty=0"])
     assert describe_guard(LearnerSettings.from_config(cfg.agent, pixels=True)) == ""
+
+
+def test_the_start_up_line_says_when_the_actor_climbs_a_noisy_sample_or_the_min_of_the_twins():
+    plain = LearnerSettings.from_config(compose(["env=cheetah"]).agent, pixels=True)
+    assert describe_actor_loss(plain) == ""  # DDPG's Q1(s, mu(s)): nothing to say
+    drqv2_form = compose(["env=cheetah", "agent.actor_noise=true", "agent.actor_q=min"]).agent
+    line = describe_actor_loss(LearnerSettings.from_config(drqv2_form, pixels=True))
+    assert line == ", actor at a noisy sample (the exploration scale, clip 0.3) on min(Q1, Q2)"
+    only_min = compose(["env=cheetah", "agent.actor_q=min"]).agent
+    assert describe_actor_loss(LearnerSettings.from_config(only_min, pixels=True)) == ", actor on min(Q1, Q2)"
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
