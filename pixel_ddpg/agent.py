@@ -82,6 +82,7 @@ class DDPGAgent:
         self.target_noise, self.target_noise_clip = s.target_policy_noise, s.target_noise_clip
         self.target_noise_schedule, self.actor_noise = s.target_noise_schedule, s.actor_noise
         self.actor_min_q = s.actor_q == "min"
+        self.huber_delta = s.huber_delta if s.critic_loss == "huber" else None
         self.use_target_encoder, self.use_target_actor = s.target_encoder, s.target_actor
         self.augment, self.pad = s.augment, s.augment_pad
 
@@ -270,7 +271,7 @@ class DDPGAgent:
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
                      ) -> tuple[torch.Tensor, ...]:
-        """MSE of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise]).
+        """MSE (or Huber) of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise]).
 
         ``target_eps``: the smoothing noise, scaled by its std (fixed, or the exploration schedule's)."""
         if shifts is not None:
@@ -291,11 +292,18 @@ class DDPGAgent:
             target = reward.float() + discount.float() * next_q
         feat = self._features(self.encoder, obs)
         qs = self.critic(feat, action)
-        loss = F.mse_loss(qs[0], target)
+        loss = self._td_loss(qs[0], target)
         for q in qs[1:]:
-            loss = loss + F.mse_loss(q, target)
+            loss = loss + self._td_loss(q, target)
         feat_norm = feat.detach().norm(dim=1).mean()
         return loss, qs[0].detach().mean(), target.mean(), feat.detach(), feat_norm
+
+    def _td_loss(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Huber bounds each sample's gradient at ``huber_delta``: a sparse task's first large TD
+        errors then cannot dominate a batch (DQN's loss); MSE otherwise (DDPG's)."""
+        if self.huber_delta is None:
+            return F.mse_loss(q, target)
+        return F.huber_loss(q, target, delta=self.huber_delta)
 
     def _actor_loss(self, feat: torch.Tensor, actor_eps: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from pixel_ddpg.replay import Sampling
 ENCODER_TYPES = ("paper", "drqv2")
 INITS = ("paper", "orthogonal")
 ACTOR_Q = ("q1", "min")
+CRITIC_LOSSES = ("mse", "huber")
 
 
 def _ints(values: Any, key: str) -> tuple[int, ...]:
@@ -106,6 +107,8 @@ class LearnerSettings:
     target_noise_schedule: bool
     actor_noise: bool
     actor_q: str  # q1 | min (ACTOR_Q)
+    critic_loss: str  # mse | huber (CRITIC_LOSSES)
+    huber_delta: float
     target_encoder: bool
     target_actor: bool
     actor_preact_penalty: float
@@ -137,6 +140,13 @@ class LearnerSettings:
         actor_q = str(c.get("actor_q", "q1"))
         if actor_q not in ACTOR_Q:
             raise ConfigError(f"agent.actor_q={actor_q!r} is not known; choose q1 or min")
+        # Configs saved before the critic's loss was an option trained with MSE.
+        critic_loss = str(c.get("critic_loss", "mse"))
+        if critic_loss not in CRITIC_LOSSES:
+            raise ConfigError(f"agent.critic_loss={critic_loss!r} is not known; choose mse or huber")
+        huber_delta = float(c.get("huber_delta", 1.0))
+        if not huber_delta > 0:
+            raise ConfigError(f"agent.huber_delta={c.get('huber_delta')} must be > 0")
         augment = bool(c.augment) and pixels
         pad = int(c.augment_pad)
         if augment and pad < 0:
@@ -166,7 +176,7 @@ class LearnerSettings:
             init=init, twin_q=bool(c.twin_q), target_policy_noise=float(c.target_policy_noise),
             target_noise_clip=float(c.target_noise_clip), actor_delay=actor_delay,
             target_noise_schedule=bool(c.get("target_noise_schedule", False)), actor_noise=bool(c.get("actor_noise", False)),
-            actor_q=actor_q, target_encoder=bool(c.get("target_encoder", True)),
+            actor_q=actor_q, critic_loss=critic_loss, huber_delta=huber_delta, target_encoder=bool(c.get("target_encoder", True)),
             target_actor=bool(c.get("target_actor", True)), actor_preact_penalty=preact_penalty,
             actor_preact_knee=preact_knee, augment=augment, augment_pad=pad,
             encoder=EncoderSettings(kind, channels, kernels, strides, center, feature_dim),

@@ -112,6 +112,20 @@ def test_critic_loss_decreases_on_a_fixed_batch():
     assert float(torch.stack(losses[-5:]).mean()) < 0.3 * float(torch.stack(losses[:3]).mean())
 
 
+@pytest.mark.parametrize("kind", ["mse", "huber"])
+def test_critic_loss_is_mse_or_huber_of_q_to_the_td_target(kind):
+    a = agent(f"agent.critic_loss={kind}", "agent.huber_delta=2.0", "agent.actor_delay=1000")
+    b = batch()
+    b = Batch(b.obs, b.action, b.reward * 100.0, b.discount, b.next_obs)  # TD errors far beyond delta
+    before = copy.deepcopy(a)
+    with torch.no_grad():
+        q = before.critic(before.encoder(b.obs), b.action)[0]
+    target = _expected_target(before, b)
+    expected = F.huber_loss(q, target, delta=2.0) if kind == "huber" else F.mse_loss(q, target)
+    torch.testing.assert_close(a.update(b)["critic_loss"], expected)
+    assert (expected < F.mse_loss(q, target) / 10) == (kind == "huber")  # linear, not squared, in the tails
+
+
 def test_critic_weight_decay_is_in_the_critic_optimizer_only():
     a = agent("agent.critic_weight_decay=0.01")
     assert a.critic_opt.param_groups[0]["weight_decay"] == 0.01
@@ -289,6 +303,10 @@ def test_bad_config_is_a_config_error():
         agent("agent.encoder.type=resnet")
     with pytest.raises(ConfigError):
         agent("agent.actor_delay=0")
+    with pytest.raises(ConfigError, match="critic_loss"):
+        agent("agent.critic_loss=l1")
+    with pytest.raises(ConfigError, match="huber_delta"):
+        agent("agent.critic_loss=huber", "agent.huber_delta=0")
 
 
 # ------------------------------------------------------------------ options

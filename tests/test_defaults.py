@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
-from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_actor_loss, describe_guard, describe_noise, planned_updates,
+from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_actor_loss, describe_critic_loss, describe_guard, describe_noise, planned_updates,
                                 updates_per_step)
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
@@ -200,6 +200,13 @@ def test_the_start_up_line_says_when_the_actor_climbs_a_noisy_sample_or_the_min_
     assert line == ", actor at a noisy sample (the exploration scale, clip 0.3) on min(Q1, Q2)"
     only_min = compose(["env=cheetah", "agent.actor_q=min"]).agent
     assert describe_actor_loss(LearnerSettings.from_config(only_min, pixels=True)) == ", actor on min(Q1, Q2)"
+
+
+def test_the_start_up_line_says_when_the_critic_loss_is_huber():
+    plain = LearnerSettings.from_config(compose(["env=cheetah"]).agent, pixels=True)
+    assert describe_critic_loss(plain) == ""  # DDPG's MSE
+    huber = compose(["env=cheetah", "agent.critic_loss=huber", "agent.huber_delta=5"]).agent
+    assert describe_critic_loss(LearnerSettings.from_config(huber, pixels=True)) == ", Huber critic loss (delta 5)"
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
