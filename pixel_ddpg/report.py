@@ -79,13 +79,15 @@ def find_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
     return list(unique.values())
 
 
-def task_scores(run_dirs: Sequence[Path], last: int = 1) -> list[TaskScores]:
-    """Each run's score (mean of its last ``last`` evaluations), grouped into tasks."""
+def task_scores(run_dirs: Sequence[Path], last: int = 1, by_name: bool = False) -> list[TaskScores]:
+    """Each run's score (mean of its last ``last`` evaluations), grouped into tasks: by config, or
+    with ``by_name`` by run dir name less ``-seed<N>`` (seeds run by versions of the code whose
+    configs differ in keys added since)."""
     if last < 1:
         raise UserError(f"--last {last} must be at least 1")
     groups: dict[str, list[Run]] = {}
     for d in run_dirs:
-        run = load_run(d)
+        run = load_run(d, by_name=by_name)
         groups.setdefault(run.group, []).append(run)
     labels = group_labels(groups)
     tasks = []
@@ -192,11 +194,11 @@ def plot_report(rows: Sequence[Row], tasks: Sequence[TaskScores], out: Path, bas
 
 def report(paths: Sequence[Path | str], out: Path | str, last: int = 1, reps: int = 10000,
            confidence: float = 0.95, seed: int = 0, table: Path | str | None = None,
-           title: str | None = None) -> tuple[list[Row], Path, Path]:
+           title: str | None = None, by_name: bool = False) -> tuple[list[Row], Path, Path]:
     """Find the runs, estimate, write figure and CSV; returns (rows, figure, csv)."""
     out = Path(out)
     new_figure(out)  # refuse a bad image type before any work
-    tasks = task_scores(find_run_dirs(paths), last)
+    tasks = task_scores(find_run_dirs(paths), last, by_name)
     basis = "final evaluation" if last == 1 else f"mean of the last {last} evaluations"
     rows = interval_estimates(tasks, reps, confidence, seed)
     figure = plot_report(rows, tasks, out, basis, confidence, title)
@@ -220,10 +222,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m pixel_ddpg.re
     parser.add_argument("--confidence", type=float, default=0.95, help="interval size (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     parser.add_argument("--title", default=None, help="figure title")
+    parser.add_argument("--group-by", choices=("config", "name"), default="config",
+                        help="config: runs whose configs differ only in the seed are one task; name: run dirs "
+                             "<name>-seed<N> of one name are (seeds from code versions whose configs differ in keys added since)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         _, figure, table = report(args.paths, args.out, last=args.last, reps=args.reps, confidence=args.confidence,
-                                  seed=args.seed, table=args.table, title=args.title)
+                                  seed=args.seed, table=args.table, title=args.title,
+                                  by_name=args.group_by == "name")
     except UserError as exc:
         fail(str(exc))
         return

@@ -79,3 +79,17 @@ def test_cli_table_and_one_line_errors(sweep: Path, tmp_path: Path) -> None:
 def test_a_missing_run_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         find_run_dirs([tmp_path / "missing"])
+
+
+def test_group_by_name_joins_seeds_whose_configs_differ_in_a_key_added_since(tmp_path: Path) -> None:
+    # seed 1 ran before agent.nstep existed in this form; by config it is a task of its own
+    make_run(tmp_path / "walker-fpu4-seed1", [0, 10000], [0.0, 100.0], env="walker", seed=1, nstep=1)
+    make_run(tmp_path / "walker-fpu4-seed2", [0, 10000], [0.0, 200.0], env="walker", seed=2, nstep=3)
+    make_run(tmp_path / "walker-fpu4-seed3", [0, 10000], [0.0, 300.0], env="walker", seed=3, nstep=3)
+    assert sorted(len(t.scores) for t in task_scores(find_run_dirs([tmp_path]))) == [1, 2]
+    (task,) = task_scores(find_run_dirs([tmp_path]), by_name=True)
+    assert task.label == "walker-fpu4" and list(task.scores) == [100.0, 200.0, 300.0]
+    proc = subprocess.run([sys.executable, "-m", "pixel_ddpg.plot", "report", str(tmp_path), "--group-by", "name",
+                           "--reps", "200", "--out", str(tmp_path / "r.png")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "| walker-fpu4 | 3 | 1,2,3 |" in proc.stdout, proc.stderr
