@@ -144,7 +144,10 @@ class LearnerSettings:
         critic_loss = str(c.get("critic_loss", "mse"))
         if critic_loss not in CRITIC_LOSSES:
             raise ConfigError(f"agent.critic_loss={critic_loss!r} is not known; choose mse or huber")
-        huber_delta = float(c.get("huber_delta", 1.0))
+        try:
+            huber_delta = float(c.get("huber_delta", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"agent.huber_delta={c.get('huber_delta')!r} must be a number > 0") from exc
         if not huber_delta > 0:
             raise ConfigError(f"agent.huber_delta={c.get('huber_delta')} must be > 0")
         augment = bool(c.augment) and pixels

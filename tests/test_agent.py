@@ -307,6 +307,8 @@ def test_bad_config_is_a_config_error():
         agent("agent.critic_loss=l1")
     with pytest.raises(ConfigError, match="huber_delta"):
         agent("agent.critic_loss=huber", "agent.huber_delta=0")
+    with pytest.raises(ConfigError, match="huber_delta"):
+        agent("agent.critic_loss=huber", "agent.huber_delta=null")
 
 
 # ------------------------------------------------------------------ options
