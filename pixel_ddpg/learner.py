@@ -32,6 +32,18 @@ def _ints(values: Any, key: str) -> tuple[int, ...]:
     return out
 
 
+def _number(value: Any, key: str, positive: bool = False) -> float:
+    """A scalar setting as a float, refused (null, text, out of range) with one ConfigError."""
+    bound = "> 0" if positive else ">= 0"
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}={value!r} must be a number {bound}") from exc
+    if not (out > 0 if positive else out >= 0):
+        raise ConfigError(f"{key}={value!r} must be {bound}")
+    return out
+
+
 def _flag(value: Any, key: str) -> bool:
     if value not in (True, False):
         raise ConfigError(f"{key}={value!r} must be true or false")
@@ -127,13 +139,9 @@ class LearnerSettings:
         tau = float(c.tau)
         actor_delay = int(c.actor_delay)
         # Configs saved before the option existed meant no penalty...
-        preact_penalty = float(c.get("actor_preact_penalty", 0.0))
-        if not preact_penalty >= 0:
-            raise ConfigError(f"agent.actor_preact_penalty={c.actor_preact_penalty} must be >= 0")
+        preact_penalty = _number(c.get("actor_preact_penalty", 0.0), "agent.actor_preact_penalty")
         # ... and configs saved before the knee existed penalised every pre-tanh value (knee 0).
-        preact_knee = float(c.get("actor_preact_knee", 0.0))
-        if not preact_knee >= 0:
-            raise ConfigError(f"agent.actor_preact_knee={c.actor_preact_knee} must be >= 0")
+        preact_knee = _number(c.get("actor_preact_knee", 0.0), "agent.actor_preact_knee")
         if actor_delay < 1:
             raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
         # DrQ-v2's options; configs saved before they existed meant the defaults.
@@ -144,12 +152,7 @@ class LearnerSettings:
         critic_loss = str(c.get("critic_loss", "mse"))
         if critic_loss not in CRITIC_LOSSES:
             raise ConfigError(f"agent.critic_loss={critic_loss!r} is not known; choose mse or huber")
-        try:
-            huber_delta = float(c.get("huber_delta", 1.0))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"agent.huber_delta={c.get('huber_delta')!r} must be a number > 0") from exc
-        if not huber_delta > 0:
-            raise ConfigError(f"agent.huber_delta={c.get('huber_delta')} must be > 0")
+        huber_delta = _number(c.get("huber_delta", 1.0), "agent.huber_delta", positive=True)
         augment = bool(c.augment) and pixels
         pad = int(c.augment_pad)
         if augment and pad < 0:

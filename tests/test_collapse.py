@@ -94,6 +94,8 @@ def test_trunk_on_the_paper_encoder_and_bad_values():
     assert agent().config_signature()["encoder"]["feature_dim"] is None
     with pytest.raises(ConfigError, match="actor_preact_penalty"):
         agent("agent.actor_preact_penalty=-1")
+    with pytest.raises(ConfigError, match="actor_preact_penalty=None must be a number"):
+        agent("agent.actor_preact_penalty=null")
     with pytest.raises(ConfigError, match="trunk"):
         agent("agent.encoder.trunk=maybe")
 
