@@ -104,8 +104,16 @@ class Timer:
 
 
 def machine_info() -> dict[str, Any]:
+    """The machine a figure was taken on. The `mujoco` package's version is read from its metadata, not by
+    importing it: EnvPool carries its own MuJoCo, and a machine without the package still benchmarks."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import envpool
-    import mujoco
+
+    try:
+        mujoco_version: str | None = version("mujoco")
+    except PackageNotFoundError:
+        mujoco_version = None
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -118,7 +126,7 @@ def machine_info() -> dict[str, Any]:
             "cpu_flags": [f for f in CPU_FLAGS_SHOWN if f in flags], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "envpool": envpool.__version__,
-            "mujoco": mujoco.__version__}
+            "mujoco": mujoco_version}
 
 
 def _env_rate(settings: EnvSettings, timer: Timer, steps: int) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The first GPU check (issue 27), one command on a CUDA machine, under 10 minutes:
+# The GPU check (issue 27), one command on a CUDA machine, under 10 minutes:
 #   1. the GPU tests (tests/test_gpu.py, and the GPU direction of tests/test_cross_device.py),
-#   2. a CPU-trained checkpoint (a short CPU run: what a laptop would hand over),
-#   3. a 50k-frame cheetah run from pixels with bf16 autocast and torch.compile (CUDA graphs: auto),
-#   4. evaluate of that run, and of the CPU-trained checkpoint, on the GPU,
-#   5. the benchmark sweep: sweep.batch_sizes=[16,256], sweep.num_envs=[4,16].
+#   2. what one rendered frame costs (the benchmark's env stages, one env): the first run on an H200
+#      rendered at ~160 ms a frame through NVIDIA's EGL and every step after it timed out,
+#   3. the benchmark sweep: sweep.batch_sizes=[16,256], sweep.num_envs=[4,16] (the update's speed is
+#      measured even when rendering is slow),
+#   4. a CPU-trained checkpoint (a short CPU run: what a laptop would hand over),
+#   5. a 50k-frame cheetah run from pixels with bf16 autocast and torch.compile (CUDA graphs: auto),
+#   6. evaluate of that run, and of the CPU-trained checkpoint, on the GPU.
 # Every figure goes into one JSON (default gpu_check/gpu_check.json); each step's exit status and
 # seconds are in it too, and a step that fails does not stop the ones after it.
 #
@@ -13,7 +16,7 @@
 # --dry-run: the same steps on the CPU with tiny sizes (seconds), as the fast test set runs it
 # (tests/test_gpu_check.py). Run from anywhere; python is $PYTHON, else python3. Packages the GPU
 # machine lacks (envpool, hydra): build them with /work/shared/tools/device-wheels.sh into
-# .dev-site/, which this script puts on PYTHONPATH when it exists.
+# .dev-site/, which this script puts on PYTHONPATH when python cannot import them otherwise.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -29,7 +32,11 @@ while [ $# -gt 0 ]; do
 done
 PY=${PYTHON:-python3}
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-[ -d "$root/.dev-site" ] && export PYTHONPATH="$PYTHONPATH:$root/.dev-site"
+# .dev-site holds Python 3.12 wheels for the GPU image: only where this python lacks envpool or hydra
+# (on the developer's own machine it would shadow the installed builds with ones for another Python).
+if [ -d "$root/.dev-site" ] && ! "$PY" -c 'import envpool, hydra' 2>/dev/null; then
+  export PYTHONPATH="$PYTHONPATH:$root/.dev-site"
+fi
 mkdir -p "$out" || { echo "error: cannot create $out" >&2; exit 2; }
 out=$(cd "$out" && pwd)
 steps="$out/steps.tsv"
@@ -52,16 +59,22 @@ if [ $dry = 1 ]; then
   bench=(quick=true setup=paper env=cartpole_balance env.episode_sim_steps=30 render=fast obs.image_size=16
          num_envs=2 replay_capacity=400 naive_replay_capacity=100 device=cpu compile=false amp=false
          "stages=[update]" "update_variants=[eager_fp32]" "sweep.batch_sizes=[4,8]" "sweep.num_envs=[]")
-  limit=(120 120 120 120 120 120)
+  render=(quick=true setup=paper env=cartpole_balance env.episode_sim_steps=30 obs.image_size=16 num_envs=1
+          device=cpu compile=false amp=false "stages=[env_state,env_pixels]")
+  limit=(120 120 120 120 120 120 120)
 else
   dev=cuda
   gpu_run=(env=cheetah obs=pixels device=cuda amp=true compile=true total_frames=50000 num_envs=16
            eval.every_frames=50000 eval.episodes=4 eval.num_envs=4 log.every_frames=5000 checkpoint.every_frames=50000)
-  cpu_run=(env=cheetah obs=pixels device=cpu amp=false compile=false total_frames=2000 warmup_frames=1000
-           num_envs=4 eval.every_frames=2000 eval.episodes=1 eval.num_envs=1 checkpoint.every_frames=2000)
-  eval_args=(episodes=4 video=false)
+  # short episodes: on the GPU machine this CPU run renders through the same EGL as the GPU run
+  cpu_run=(env=cheetah obs=pixels device=cpu amp=false compile=false total_frames=800 warmup_frames=400
+           env.episode_sim_steps=200 num_envs=2 eval.every_frames=800 eval.episodes=1 eval.num_envs=1
+           checkpoint.every_frames=800)
+  eval_args=(episodes=2 video=false)
+  render=(env=cheetah device=cuda quick=true num_envs=1 "stages=[env_state,env_pixels]")
   bench=(env=cheetah device=cuda quick=true "sweep.batch_sizes=[16,256]" "sweep.num_envs=[4,16]")
-  limit=(90 60 270 45 30 100)  # seconds per step below: 595 in all
+  # seconds per step below, 600 in all: the GPU tests compile the update twice
+  limit=(150 45 150 60 120 45 30)
 fi
 
 step() {  # step NAME LIMIT_S CMD...: run it under a time limit, log it, record rc and seconds
@@ -79,13 +92,14 @@ step() {  # step NAME LIMIT_S CMD...: run it under a time limit, log it, record 
 rm -rf "$out/gpu_run" "$out/cpu_run" "$out/eval_gpu_run" "$out/eval_cpu_ckpt"
 step gpu_tests "${limit[0]}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
   tests/test_cross_device.py::test_a_cpu_checkpoint_evaluates_and_resumes_on_cuda
-step cpu_train "${limit[1]}" "$PY" -m pixel_ddpg.train "${cpu_run[@]}" "hydra.run.dir=$out/cpu_run"
-step gpu_train "${limit[2]}" "$PY" -m pixel_ddpg.train "${gpu_run[@]}" "hydra.run.dir=$out/gpu_run"
-step eval_gpu_run "${limit[3]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/gpu_run" "${eval_args[@]}" \
+step render "${limit[1]}" "$PY" -m pixel_ddpg.benchmark "${render[@]}" "out=$out/render.json"
+step benchmark "${limit[2]}" "$PY" -m pixel_ddpg.benchmark "${bench[@]}" "out=$out/benchmark.json"
+step cpu_train "${limit[3]}" "$PY" -m pixel_ddpg.train "${cpu_run[@]}" "hydra.run.dir=$out/cpu_run"
+step gpu_train "${limit[4]}" "$PY" -m pixel_ddpg.train "${gpu_run[@]}" "hydra.run.dir=$out/gpu_run"
+step eval_gpu_run "${limit[5]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/gpu_run" "${eval_args[@]}" \
   "device=$dev" "out_dir=$out/eval_gpu_run"
-step eval_cpu_ckpt "${limit[4]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/cpu_run" "${eval_args[@]}" \
+step eval_cpu_ckpt "${limit[6]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/cpu_run" "${eval_args[@]}" \
   "device=$dev" "out_dir=$out/eval_cpu_ckpt"
-step benchmark "${limit[5]}" "$PY" -m pixel_ddpg.benchmark "${bench[@]}" "out=$out/benchmark.json"
 
 "$PY" - "$out" "$dry" <<'PYEOF'
 """Gather every figure of the check into gpu_check.json."""
@@ -145,6 +159,7 @@ result = {
         "last_train_row": train_rows[-1] if train_rows else None,
     },
     "evaluate": evals,
+    "render": read_json(out / "render.json"),
     "benchmark": read_json(out / "benchmark.json"),
 }
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
