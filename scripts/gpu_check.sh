@@ -2,7 +2,8 @@
 # The GPU check (issue 27), one command on a CUDA machine, under 10 minutes:
 #   1. the GPU tests (tests/test_gpu.py, and the GPU direction of tests/test_cross_device.py),
 #   2. what one rendered frame costs (the benchmark's env stages, one env): the first run on an H200
-#      rendered at ~160 ms a frame through NVIDIA's EGL and every step after it timed out,
+#      rendered at ~160 ms a frame through NVIDIA's EGL and every step after it timed out; and
+#      what EGL's context switch around each frame costs, without MuJoCo (python -m envs.egl_probe),
 #   3. the benchmark sweep: sweep.batch_sizes=[16,256], sweep.num_envs=[4,16] (the update's speed is
 #      measured even when rendering is slow),
 #   4. a CPU-trained checkpoint (a short CPU run: what a laptop would hand over),
@@ -61,7 +62,7 @@ if [ $dry = 1 ]; then
          "stages=[update]" "update_variants=[eager_fp32]" "sweep.batch_sizes=[4,8]" "sweep.num_envs=[]")
   render=(quick=true setup=paper env=cartpole_balance env.episode_sim_steps=30 obs.image_size=16 num_envs=1
           device=cpu compile=false amp=false "stages=[env_state,env_pixels]")
-  limit=(120 120 120 120 120 120 120)
+  limit=(120 120 120 120 120 120 120 120)
 else
   dev=cuda
   gpu_run=(env=cheetah obs=pixels device=cuda amp=true compile=true total_frames=50000 num_envs=16
@@ -74,7 +75,7 @@ else
   render=(env=cheetah device=cuda quick=true num_envs=1 "stages=[env_state,env_pixels]")
   bench=(env=cheetah device=cuda quick=true "sweep.batch_sizes=[16,256]" "sweep.num_envs=[4,16]")
   # seconds per step below, 600 in all: the GPU tests compile the update twice
-  limit=(150 45 150 60 120 45 30)
+  limit=(150 45 20 150 60 100 45 30)
 fi
 
 step() {  # step NAME LIMIT_S CMD...: run it under a time limit, log it, record rc and seconds
@@ -93,12 +94,13 @@ rm -rf "$out/gpu_run" "$out/cpu_run" "$out/eval_gpu_run" "$out/eval_cpu_ckpt"
 step gpu_tests "${limit[0]}" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
   tests/test_cross_device.py::test_a_cpu_checkpoint_evaluates_and_resumes_on_cuda
 step render "${limit[1]}" "$PY" -m pixel_ddpg.benchmark "${render[@]}" "out=$out/render.json"
-step benchmark "${limit[2]}" "$PY" -m pixel_ddpg.benchmark "${bench[@]}" "out=$out/benchmark.json"
-step cpu_train "${limit[3]}" "$PY" -m pixel_ddpg.train "${cpu_run[@]}" "hydra.run.dir=$out/cpu_run"
-step gpu_train "${limit[4]}" "$PY" -m pixel_ddpg.train "${gpu_run[@]}" "hydra.run.dir=$out/gpu_run"
-step eval_gpu_run "${limit[5]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/gpu_run" "${eval_args[@]}" \
+step egl_probe "${limit[2]}" "$PY" -m envs.egl_probe --out "$out/egl_probe.json"
+step benchmark "${limit[3]}" "$PY" -m pixel_ddpg.benchmark "${bench[@]}" "out=$out/benchmark.json"
+step cpu_train "${limit[4]}" "$PY" -m pixel_ddpg.train "${cpu_run[@]}" "hydra.run.dir=$out/cpu_run"
+step gpu_train "${limit[5]}" "$PY" -m pixel_ddpg.train "${gpu_run[@]}" "hydra.run.dir=$out/gpu_run"
+step eval_gpu_run "${limit[6]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/gpu_run" "${eval_args[@]}" \
   "device=$dev" "out_dir=$out/eval_gpu_run"
-step eval_cpu_ckpt "${limit[6]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/cpu_run" "${eval_args[@]}" \
+step eval_cpu_ckpt "${limit[7]}" "$PY" -m pixel_ddpg.evaluate "checkpoint=$out/cpu_run" "${eval_args[@]}" \
   "device=$dev" "out_dir=$out/eval_cpu_ckpt"
 
 "$PY" - "$out" "$dry" <<'PYEOF'
@@ -160,6 +162,7 @@ result = {
     },
     "evaluate": evals,
     "render": read_json(out / "render.json"),
+    "egl_probe": read_json(out / "egl_probe.json"),
     "benchmark": read_json(out / "benchmark.json"),
 }
 (out / "gpu_check.json").write_text(json.dumps(result, indent=2))

@@ -20,13 +20,14 @@ def test_gpu_check_dry_run_writes_every_figure_to_one_json(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr + logs
     result = json.loads((out / "gpu_check.json").read_text())
     assert result["dry_run"] and result["all_passed"]
-    assert list(result["steps"]) == ["gpu_tests", "render", "benchmark", "cpu_train", "gpu_train", "eval_gpu_run",
-                                     "eval_cpu_ckpt"]
+    assert list(result["steps"]) == ["gpu_tests", "render", "egl_probe", "benchmark", "cpu_train", "gpu_train",
+                                     "eval_gpu_run", "eval_cpu_ckpt"]
     assert result["gpu_run"]["learner"].startswith("learner on cpu") and result["gpu_run"]["eval"]
     for name in ("eval_gpu_run", "eval_cpu_ckpt"):
         assert result["evaluate"][name]["episodes"] == 1 and result["evaluate"][name]["checkpoint_frame"] == 120
     assert set(result["benchmark"]["sweep"]["batch_size"]) == {"4", "8"}
     assert {"standard", "fast"} <= set(result["render"]["stages"]["env_pixels"])  # ms a frame, before the runs
+    assert result["egl_probe"]["gl_renderer"] and result["egl_probe"]["make_clear_and_release_thread_ms"] >= 0
 
 
 def test_gpu_check_refuses_a_machine_without_cuda_unless_dry(tmp_path):
