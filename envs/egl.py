@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Any
 
 from envs.errors import EGLUnavailable
 
@@ -93,25 +94,38 @@ def software_rendering() -> bool:
 
 
 def _query_software_device() -> bool:
-    if not preload_egl() or _handle is None:
+    device = render_device()
+    query_string = egl_proc("eglQueryDeviceStringEXT", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+    if device is None or query_string is None:
         return True
+    extensions = query_string(device, _EGL_EXTENSIONS) or b""
+    return _SOFTWARE_DEVICE_EXTENSION in extensions.decode(errors="replace").split()
+
+
+def egl_proc(name: str, restype: Any, *argtypes: Any) -> Any:
+    """An EGL (or GL) function by name through ``eglGetProcAddress``, or None where the loaded EGL
+    lacks it: how the device extensions and their users (:mod:`envs.egl_probe`) reach EGL."""
+    if not preload_egl() or _handle is None:
+        return None
     get_proc = _handle.eglGetProcAddress
     get_proc.restype, get_proc.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
-    query_devices_ptr = get_proc(b"eglQueryDevicesEXT")
-    query_string_ptr = get_proc(b"eglQueryDeviceStringEXT")
-    if not query_devices_ptr or not query_string_ptr:
-        return True
-    query_devices = ctypes.CFUNCTYPE(ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
-                                     ctypes.POINTER(ctypes.c_int))(query_devices_ptr)
-    query_string = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)(query_string_ptr)
+    ptr = get_proc(name.encode())
+    return ctypes.CFUNCTYPE(restype, *argtypes)(ptr) if ptr else None
+
+
+def render_device() -> int | None:
+    """The EGL device EnvPool renders on (``MUJOCO_EGL_DEVICE_ID``'s when it names one, else the
+    first), as an ``EGLDeviceEXT`` handle; None where EGL cannot enumerate its devices."""
+    query_devices = egl_proc("eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p),
+                             ctypes.POINTER(ctypes.c_int))
+    if query_devices is None:
+        return None
     devices = (ctypes.c_void_p * 16)()
     count = ctypes.c_int(0)
     if not query_devices(16, devices, ctypes.byref(count)) or count.value < 1:
-        return True
+        return None
     selected = os.environ.get("MUJOCO_EGL_DEVICE_ID", "0")
-    index = int(selected) if selected.isdigit() and int(selected) < count.value else 0
-    extensions = query_string(devices[index], _EGL_EXTENSIONS) or b""
-    return _SOFTWARE_DEVICE_EXTENSION in extensions.decode(errors="replace").split()
+    return devices[int(selected) if selected.isdigit() and int(selected) < count.value else 0]
 
 
 NVIDIA_CAPABILITIES_ENV = "NVIDIA_DRIVER_CAPABILITIES"

@@ -32,7 +32,7 @@ EGL_NONE = 0x3038
 EGL_ALPHA_SIZE, EGL_BLUE_SIZE, EGL_GREEN_SIZE, EGL_RED_SIZE = 0x3021, 0x3022, 0x3023, 0x3024
 EGL_DEPTH_SIZE, EGL_STENCIL_SIZE, EGL_SURFACE_TYPE, EGL_RENDERABLE_TYPE = 0x3025, 0x3026, 0x3033, 0x3040
 EGL_PBUFFER_BIT, EGL_OPENGL_BIT, EGL_OPENGL_API = 0x0001, 0x0008, 0x30A2
-EGL_WIDTH, EGL_HEIGHT, EGL_VENDOR, EGL_VERSION = 0x3057, 0x3056, 0x3053, 0x3054
+EGL_WIDTH, EGL_HEIGHT, EGL_VENDOR = 0x3057, 0x3056, 0x3053
 EGL_PLATFORM_DEVICE_EXT = 0x313F
 GL_VENDOR, GL_RENDERER = 0x1F00, 0x1F01
 GL_COLOR_BUFFER_BIT, GL_RGB, GL_UNSIGNED_BYTE = 0x4000, 0x1907, 0x1401
@@ -49,27 +49,21 @@ def _fn(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
     return f
 
 
-def _ext(lib: ctypes.CDLL, name: str, restype: Any, *argtypes: Any) -> Any:
-    get_proc = _fn(lib, "eglGetProcAddress", ctypes.c_void_p, ctypes.c_char_p)
-    ptr = get_proc(name.encode())
-    if not ptr:
+def _ext(name: str, restype: Any, *argtypes: Any) -> Any:
+    f = egl.egl_proc(name, restype, *argtypes)
+    if f is None:
         raise ProbeError(f"EGL has no {name}")
-    return ctypes.CFUNCTYPE(restype, *argtypes)(ptr)
+    return f
 
 
 def _display(lib: ctypes.CDLL) -> ctypes.c_void_p:
-    """The first EGL device's display, as EnvPool opens it (the default display if none)."""
+    """The display of the device EnvPool renders on (:func:`envs.egl.render_device`), else the
+    default display."""
     vp = ctypes.c_void_p
-    try:
-        query = _ext(lib, "eglQueryDevicesEXT", ctypes.c_uint, ctypes.c_int, ctypes.POINTER(vp),
-                     ctypes.POINTER(ctypes.c_int))
-        platform_display = _ext(lib, "eglGetPlatformDisplayEXT", vp, ctypes.c_uint, vp, vp)
-    except ProbeError:
-        query = platform_display = None
-    if query is not None and platform_display is not None:
-        devices, count = (vp * 16)(), ctypes.c_int(0)
-        if query(16, devices, ctypes.byref(count)) and count.value > 0:
-            return ctypes.c_void_p(platform_display(EGL_PLATFORM_DEVICE_EXT, devices[0], None))
+    device = egl.render_device()
+    platform_display = egl.egl_proc("eglGetPlatformDisplayEXT", vp, ctypes.c_uint, vp, vp)
+    if device is not None and platform_display is not None:
+        return ctypes.c_void_p(platform_display(EGL_PLATFORM_DEVICE_EXT, device, None))
     return ctypes.c_void_p(_fn(lib, "eglGetDisplay", vp, vp)(None))
 
 
@@ -95,7 +89,7 @@ def probe(cycles: int = 50) -> dict[str, Any]:
     display = _display(lib)
     major, minor = i(0), i(0)
     if not display.value or not initialize(display, ctypes.byref(major), ctypes.byref(minor)):
-        raise ProbeError("eglInitialize failed on the first EGL device")
+        raise ProbeError("eglInitialize failed on the EGL device EnvPool renders on")
     egl_vendor = query_string(display, EGL_VENDOR)
     attribs = (i * 17)(EGL_RED_SIZE, 8, EGL_GREEN_SIZE, 8, EGL_BLUE_SIZE, 8, EGL_ALPHA_SIZE, 8, EGL_DEPTH_SIZE, 24,
                        EGL_STENCIL_SIZE, 8, EGL_SURFACE_TYPE, EGL_PBUFFER_BIT, EGL_RENDERABLE_TYPE, EGL_OPENGL_BIT,
@@ -112,10 +106,10 @@ def probe(cycles: int = 50) -> dict[str, Any]:
     try:
         if not make_current(display, surface, surface, context):
             raise ProbeError("eglMakeCurrent failed")
-        get_string = _ext(lib, "glGetString", ctypes.c_char_p, ctypes.c_uint)
+        get_string = _ext("glGetString", ctypes.c_char_p, ctypes.c_uint)
         gl_vendor, gl_renderer = get_string(GL_VENDOR), get_string(GL_RENDERER)
-        gl_clear = _ext(lib, "glClear", None, ctypes.c_uint)
-        gl_read = _ext(lib, "glReadPixels", None, i, i, i, i, ctypes.c_uint, ctypes.c_uint, vp)
+        gl_clear = _ext("glClear", None, ctypes.c_uint)
+        gl_read = _ext("glReadPixels", None, i, i, i, i, ctypes.c_uint, ctypes.c_uint, vp)
         pixel = (ctypes.c_ubyte * 4)()
 
         def frame() -> None:  # the smallest draw-and-read-back: the sync a frame's readback makes
