@@ -112,21 +112,8 @@ class DDPGAgent:
 
         cuda = self.device.type == "cuda"
         fast = {"fused": True} if cuda else {"foreach": True}
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=s.actor_lr, **fast)
-        critic_params = [*self.encoder.parameters(), *self.critic.parameters()]
-        decay = s.critic_weight_decay
-        if decay > 0:
-            # The paper: "For Q we included L2 weight decay of 1e-2". Read as Adam's L2 (decay x w
-            # added to the gradient: the gradient of 1e-2 * ||w||^2 / 2, TensorFlow's l2_loss) on Q's
-            # weight matrices and conv kernels only, as DDPG implementations of the time regularised
-            # them: not biases, not batch-norm scales and shifts. Q's convs here are the shared
-            # encoder's, which only the critic trains.
-            groups: list[dict[str, Any]] = [
-                {"params": [p for p in critic_params if p.ndim > 1], "weight_decay": decay},
-                {"params": [p for p in critic_params if p.ndim <= 1], "weight_decay": 0.0}]
-            self.critic_opt = torch.optim.Adam(groups, lr=s.critic_lr, **fast)
-        else:
-            self.critic_opt = torch.optim.Adam(critic_params, lr=s.critic_lr, **fast)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=s.actor_lr, eps=s.adam_eps, **fast)
+        self.critic_opt = torch.optim.Adam(self._critic_groups(s), lr=s.critic_lr, eps=s.adam_eps, **fast)
         self.scaler = torch.amp.GradScaler(self.device.type) if precision.needs_scaler else None
 
         self.seed = int(seed)
@@ -232,6 +219,29 @@ class DDPGAgent:
     def _keep(self, t: torch.Tensor) -> torch.Tensor:
         """A graph output that outlives this update: cloned under CUDA graphs, else as it is."""
         return t.clone() if self._graphs else t
+
+    def _critic_groups(self, s: LearnerSettings) -> list[dict[str, Any]]:
+        """The critic optimizer's parameter groups: the encoder trains with the critic's loss, at its
+        own rate when ``encoder_lr`` is set. Groups are split only where a setting differs, so the
+        optimizer state of checkpoints saved before the split still loads."""
+        own_rate = s.encoder_lr is not None and s.encoder_lr != s.critic_lr
+        parts: list[tuple[list[torch.nn.Parameter], float]] = (
+            [(list(self.encoder.parameters()), float(s.encoder_lr)), (list(self.critic.parameters()), s.critic_lr)]
+            if own_rate else [([*self.encoder.parameters(), *self.critic.parameters()], s.critic_lr)])
+        decay = s.critic_weight_decay
+        groups: list[dict[str, Any]] = []
+        for params, lr in parts:
+            if decay > 0:
+                # The paper: "For Q we included L2 weight decay of 1e-2". Read as Adam's L2 (decay x w
+                # added to the gradient: the gradient of 1e-2 * ||w||^2 / 2, TensorFlow's l2_loss) on Q's
+                # weight matrices and conv kernels only, as DDPG implementations of the time regularised
+                # them: not biases, not batch-norm scales and shifts. Q's convs here are the shared
+                # encoder's, which only the critic trains.
+                groups.append({"params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": decay})
+                groups.append({"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0})
+            else:
+                groups.append({"params": params, "lr": lr})
+        return groups
 
     def _set_train(self, mode: bool) -> None:
         for m in self._online:

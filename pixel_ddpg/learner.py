@@ -108,6 +108,8 @@ class LearnerSettings:
     actor_lr: float
     critic_lr: float
     critic_weight_decay: float
+    encoder_lr: float | None  # None: the critic's rate
+    adam_eps: float
     hidden: tuple[int, ...]  # agent.pixel_hidden or agent.state_hidden
     final_init: float  # agent.final_init_pixels or agent.final_init_state
     batch_norm: bool
@@ -142,6 +144,10 @@ class LearnerSettings:
         preact_penalty = _number(c.get("actor_preact_penalty", 0.0), "agent.actor_preact_penalty")
         # ... and configs saved before the knee existed penalised every pre-tanh value (knee 0).
         preact_knee = _number(c.get("actor_preact_knee", 0.0), "agent.actor_preact_knee")
+        # Configs saved before the optimizer knobs existed trained with one rate and Adam's epsilon.
+        encoder_lr = c.get("encoder_lr", None)
+        encoder_lr = None if encoder_lr is None else _number(encoder_lr, "agent.encoder_lr")
+        adam_eps = _number(c.get("adam_eps", 1e-8), "agent.adam_eps", positive=True)
         if actor_delay < 1:
             raise ConfigError(f"agent.actor_delay={c.actor_delay} must be a whole number >= 1")
         # DrQ-v2's options; configs saved before they existed meant the defaults.
@@ -177,7 +183,7 @@ class LearnerSettings:
             raise ConfigError(f"agent.init={init!r} is not known; choose one of {list(INITS)}")
         return cls(
             pixels=pixels, sampling=sampling, tau=tau, actor_lr=float(c.actor_lr), critic_lr=float(c.critic_lr),
-            critic_weight_decay=float(c.critic_weight_decay), hidden=hidden,
+            critic_weight_decay=float(c.critic_weight_decay), encoder_lr=encoder_lr, adam_eps=adam_eps, hidden=hidden,
             final_init=float(c.final_init_pixels if pixels else c.final_init_state), batch_norm=bool(c.batch_norm),
             init=init, twin_q=bool(c.twin_q), target_policy_noise=float(c.target_policy_noise),
             target_noise_clip=float(c.target_noise_clip), actor_delay=actor_delay,

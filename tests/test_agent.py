@@ -132,6 +132,35 @@ def test_critic_weight_decay_is_in_the_critic_optimizer_only():
     assert a.actor_opt.param_groups[0]["weight_decay"] == 0.0
 
 
+def test_encoder_lr_is_the_encoders_own_rate_in_the_critic_optimizer():
+    a = agent()  # default: one group, as checkpoints saved before the knob have it
+    assert [g["lr"] for g in a.critic_opt.param_groups] == [1e-3]
+    a = agent("agent.encoder_lr=1e-4", "agent.critic_weight_decay=0.01")
+    enc = {id(p) for p in a.encoder.parameters()}
+    for g in a.critic_opt.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= enc or not ids & enc  # no group mixes encoder and critic weights
+        assert g["lr"] == (1e-4 if ids <= enc else 1e-3)
+        assert g["weight_decay"] == (0.01 if all(p.ndim > 1 for p in g["params"]) else 0.0)
+
+
+def test_encoder_lr_0_freezes_the_encoder_and_the_critic_still_learns():
+    a = agent("agent.encoder_lr=0")
+    enc, crit = params(a.encoder), params(a.critic)
+    a.update(batch())
+    assert same(enc, params(a.encoder)) and changed(crit, params(a.critic))
+
+
+def test_adam_eps_reaches_every_optimizer_and_bad_values_are_refused():
+    a = agent("agent.adam_eps=1e-4")
+    assert {g["eps"] for o in (a.actor_opt, a.critic_opt) for g in o.param_groups} == {1e-4}
+    assert {g["eps"] for g in agent().critic_opt.param_groups} == {1e-8}
+    with pytest.raises(ConfigError, match="adam_eps"):
+        agent("agent.adam_eps=0")
+    with pytest.raises(ConfigError, match="encoder_lr"):
+        agent("agent.encoder_lr=-1")
+
+
 def test_bf16_autocast_runs_on_cpu():
     a = agent(precision=BF16)
     b = batch()
