@@ -40,8 +40,24 @@ EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episod
 # ahead): each one saves a checkpoint and stops, so the job can continue with resume=.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
+# A critic whose mean Q is this many times the discounted return the training episodes earn (and
+# above OVERESTIMATE_MIN_Q, so that sparse tasks' zero-reward start does not count) is diverging:
+# cheetah_run's seed 2 read 10.2 when its evaluations fell from 273 to 30; of 120 committed runs'
+# train.csv and eval.csv, two others stay above 3 for two log points in a row, both ball_in_cup runs
+# whose policy scored 0 for 20k frames against a Q of 30-42 (docs/results.md).
+OVERESTIMATE_RATIO = 3.0
+OVERESTIMATE_MIN_Q = 10.0
 GUARDED_METRICS = ("critic_loss", "actor_loss", "q", "target_q")  # update outputs that must stay finite
 AGENT_MODULES = ("encoder", "actor", "critic", "target_encoder", "target_actor", "target_critic")
+
+
+def q_per_return(gamma: float, episode_steps: int) -> float:
+    """What one unit of an episode's return is worth as a Q: a policy earning the episode's return
+    R at an even rate R / T per agent step has the discounted value R / T * (1 - gamma^T) / (1 - gamma).
+    The divergence check compares the critic's mean Q with it."""
+    if episode_steps < 1:
+        return math.nan
+    return (1.0 - gamma ** episode_steps) / (1.0 - gamma) / episode_steps if gamma < 1 else 1.0
 
 
 class NonFiniteError(UserError):
@@ -315,6 +331,7 @@ class Trainer:
         self._last_saved: tuple[Path, int] | None = None if resume is None else (Path(resume["path"]), self.counters.frame)
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
+        self._q_per_return = q_per_return(self.learner.sampling.gamma, self.spec.episode_agent_steps)
         self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
         self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
         if self.compute_why:
@@ -677,9 +694,10 @@ class Trainer:
         self._finished = []
 
     def _warn_on_collapse(self, row: dict[str, Any]) -> None:
-        """Say once when the learner sits in one of the two states it does not leave by itself
-        (docs/results.md): every action on its bound (a saturated tanh under Adam), or an encoder
-        whose features are all zero (dead ReLUs get no gradient). Two log points in a row count."""
+        """Say once when the learner sits in one of the states it does not leave by itself
+        (docs/results.md): every action on its bound (a saturated tanh under Adam), an encoder
+        whose features are all zero (dead ReLUs get no gradient), or a critic whose Q runs away from
+        what the policy earns. Two log points in a row count."""
         checks = {
             "saturated": (row.get("sat_frac", math.nan) >= SATURATED_ROWS_SHARE,
                           f"{row.get('sat_frac', math.nan):.0%} of the actor's actions are at their bounds (tanh "
@@ -690,6 +708,15 @@ class Trainer:
                              "agent no longer sees; a LayerNorm trunk in each head (agent.encoder.trunk=true, in "
                              "agent=ddpg_ln_shift_nstep) kept them alive where they died without it"),
         }
+        # What the policy earns: its training episodes (noisy) or its last evaluation, the larger.
+        q, returns = row.get("q", math.nan), [row.get("episode_return", math.nan), self._last_eval]
+        earned = max((r for r in returns if r is not None and not math.isnan(r)), default=math.nan) * self._q_per_return
+        checks["diverging critic"] = (
+            q > OVERESTIMATE_MIN_Q and q > OVERESTIMATE_RATIO * earned,
+            f"the critic's mean Q ({q:.0f}) is more than {OVERESTIMATE_RATIO:g}x the discounted return the policy "
+            f"earns ({earned:.0f}, from its training episodes or last evaluation; critic loss "
+            f"{row.get('critic_loss', math.nan):.3g}): the critic overestimates; where it kept growing (cheetah_run "
+            "seed 2, docs/results.md) the returns fell with it")
         for name, (bad, message) in checks.items():
             self._collapse_rows[name] = self._collapse_rows.get(name, 0) + 1 if bad else 0
             if self._collapse_rows[name] == 2 and name not in self._collapse_warned:

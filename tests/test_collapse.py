@@ -119,6 +119,7 @@ def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
 
     said: list[str] = []
     fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0),
+                           _last_eval=None, _q_per_return=1.0,
                            log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
     rows = [{"sat_frac": 1.0, "feat_norm": 2.0}, {"sat_frac": 0.5, "feat_norm": 0.0},  # neither twice in a row
             {"sat_frac": 1.0, "feat_norm": 3.0}, {"sat_frac": 0.97, "feat_norm": 0.0},
@@ -128,6 +129,28 @@ def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
         Trainer._warn_on_collapse(fake, row)
     assert [m.split(" frames ")[0] for m in said] == ["warning: at 3,000", "warning: at 4,000"]
     assert "tanh saturated" in said[0] and "encoder's features are all zero" in said[1]
+
+
+def test_a_critic_whose_q_runs_away_from_what_the_policy_earns_is_named_once():
+    """cheetah_run seed 2's rows before and after its collapse (docs/results.md): Q 81 while the
+    episodes earned 269, then Q 108 against 29. A zero-reward start (Q near 0) never counts."""
+    from types import SimpleNamespace
+
+    from pixel_ddpg.trainer import Trainer, q_per_return
+
+    k = q_per_return(0.99, 250)
+    assert k == pytest.approx((1 - 0.99 ** 250) / 0.01 / 250) and 0.35 < k < 0.37
+    said: list[str] = []
+    fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0),
+                           _last_eval=None, _q_per_return=k,
+                           log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    rows = [(0.01, 0.0, None), (81.0, 269.0, 273.0), (108.0, 29.0, 273.0),  # the last evaluation still holds it up
+            (108.0, 29.0, 30.0), (2.0, 0.0, 0.0), (110.0, 25.0, 30.0), (120.0, 20.0, 30.0), (130.0, 20.0, 30.0)]
+    for i, (q, ret, last_eval) in enumerate(rows):
+        fake.counters.frame, fake._last_eval = 10_000 * i, last_eval
+        Trainer._warn_on_collapse(fake, {"q": q, "episode_return": ret, "critic_loss": 89.8, "sat_frac": 0.7, "feat_norm": 5.0})
+    assert len(said) == 1 and said[0].startswith("warning: at 60,000 frames the critic's mean Q (120)"), said
+    assert "overestimates" in said[0]
 
 
 @pytest.mark.parametrize("agent_name,trunk", [("ddpg", False), ("drqv2", True)])
