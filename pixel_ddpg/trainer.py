@@ -40,11 +40,12 @@ EVAL_SEED_OFFSET = 1_000_003  # eval envs never replay the training envs' episod
 # ahead): each one saves a checkpoint and stops, so the job can continue with resume=.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
-# A critic whose mean Q is this many times the discounted return the training episodes earn (and
-# above OVERESTIMATE_MIN_Q, so that sparse tasks' zero-reward start does not count) is diverging:
-# cheetah_run's seed 2 read 10.2 when its evaluations fell from 273 to 30; of 120 committed runs'
-# train.csv and eval.csv, two others stay above 3 for two log points in a row, both ball_in_cup runs
-# whose policy scored 0 for 20k frames against a Q of 30-42 (docs/results.md).
+# A critic whose mean Q is this many times the discounted return the policy earns (training episodes
+# or last evaluation; above OVERESTIMATE_MIN_Q, so a sparse task's zero-reward start does not count)
+# overestimates:
+# cheetah_run's seed 2 read 10.2 when its evaluations fell from 273 to 30 (it recovered 40k frames
+# later); of the other 123 committed runs' train.csv and eval.csv, two stay above 3 for two log points in
+# a row, both ball_in_cup runs whose policy scored 0 for 20k frames against a Q of 30-42 (docs/results.md).
 OVERESTIMATE_RATIO = 3.0
 OVERESTIMATE_MIN_Q = 10.0
 GUARDED_METRICS = ("critic_loss", "actor_loss", "q", "target_q")  # update outputs that must stay finite
@@ -715,8 +716,8 @@ class Trainer:
             q > OVERESTIMATE_MIN_Q and q > OVERESTIMATE_RATIO * earned,
             f"the critic's mean Q ({q:.0f}) is more than {OVERESTIMATE_RATIO:g}x the discounted return the policy "
             f"earns ({earned:.0f}, from its training episodes or last evaluation; critic loss "
-            f"{row.get('critic_loss', math.nan):.3g}): the critic overestimates; where it kept growing (cheetah_run "
-            "seed 2, docs/results.md) the returns fell with it")
+            f"{row.get('critic_loss', math.nan):.3g}): the critic overestimates (cheetah_run seed 2's returns fell "
+            "from 273 to 30 with it and came back within 40k frames; docs/results.md)")
         for name, (bad, message) in checks.items():
             self._collapse_rows[name] = self._collapse_rows.get(name, 0) + 1 if bad else 0
             if self._collapse_rows[name] == 2 and name not in self._collapse_warned:

@@ -8,6 +8,9 @@ saturated state one the actor can leave.
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -151,6 +154,39 @@ def test_a_critic_whose_q_runs_away_from_what_the_policy_earns_is_named_once():
         Trainer._warn_on_collapse(fake, {"q": q, "episode_return": ret, "critic_loss": 89.8, "sat_frac": 0.7, "feat_norm": 5.0})
     assert len(said) == 1 and said[0].startswith("warning: at 60,000 frames the critic's mean Q (120)"), said
     assert "overestimates" in said[0]
+
+
+def replay_warnings(run_dir) -> list[str]:
+    """The warnings a committed run's train.csv and eval.csv rows give, fed to the check in the
+    trainer's order (the evaluation at a frame before that frame's log row)."""
+    import csv
+    from types import SimpleNamespace
+
+    import yaml
+
+    from pixel_ddpg.trainer import Trainer, q_per_return
+
+    run_dir = Path(run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    evals = {int(r["frame"]): float(r["return_mean"]) for r in csv.DictReader((run_dir / "eval.csv").open())}
+    said: list[str] = []
+    steps = cfg["env"]["episode_sim_steps"] // cfg["obs"]["action_repeat"]
+    fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0), _last_eval=None,
+                           _q_per_return=q_per_return(cfg["agent"]["gamma"], steps),
+                           log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    for r in csv.DictReader((run_dir / "train.csv").open()):
+        fake.counters.frame = frame = int(r["frame"])
+        fake._last_eval = max(((f, v) for f, v in evals.items() if f <= frame), default=(0, None))[1]
+        Trainer._warn_on_collapse(fake, {k: float(v) if v else math.nan for k, v in r.items()})
+    return said
+
+
+def test_the_divergence_check_names_cheetah_seed_2s_collapse_and_not_seed_1s_run():
+    """The committed 500k runs (docs/results.md): seed 2 fell from 273 to 30 at 140k with Q at 108."""
+    results = Path(__file__).resolve().parents[1] / "docs/results/default_learner"
+    said = replay_warnings(results / "cheetah_run-500k-seed2")
+    assert len(said) == 1 and said[0].startswith("warning: at 150,000 frames the critic's mean Q (100)"), said
+    assert replay_warnings(results / "cheetah_run-500k-seed1") == []
 
 
 @pytest.mark.parametrize("agent_name,trunk", [("ddpg", False), ("drqv2", True)])
