@@ -695,10 +695,11 @@ class Trainer:
         self._finished = []
 
     def _warn_on_collapse(self, row: dict[str, Any]) -> None:
-        """Say once when the learner sits in one of the states it does not leave by itself
-        (docs/results.md): every action on its bound (a saturated tanh under Adam), an encoder
-        whose features are all zero (dead ReLUs get no gradient), or a critic whose Q runs away from
-        what the policy earns. Two log points in a row count."""
+        """Say once when the learner sits in a state that stops it learning (docs/results.md): every
+        action on its bound (a saturated tanh under Adam) or an encoder whose features are all zero
+        (dead ReLUs get no gradient), which it does not leave by itself, or a critic whose Q runs away
+        from what the policy earns, which cheetah_run seed 2 left after 40k frames. Two log points in
+        a row count. After a resume the last evaluation is the run's best until the next one."""
         checks = {
             "saturated": (row.get("sat_frac", math.nan) >= SATURATED_ROWS_SHARE,
                           f"{row.get('sat_frac', math.nan):.0%} of the actor's actions are at their bounds (tanh "
