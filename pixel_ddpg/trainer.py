@@ -42,10 +42,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 SATURATED_ROWS_SHARE = 0.95  # train.csv sat_frac at or above this counts as a collapsed actor
 # A critic whose mean Q is this many times the discounted return the policy earns (training episodes
 # or last evaluation; above OVERESTIMATE_MIN_Q, so a sparse task's zero-reward start does not count)
-# overestimates:
-# cheetah_run's seed 2 read 10.2 when its evaluations fell from 273 to 30 (it recovered 40k frames
-# later); of the other 123 committed runs' train.csv and eval.csv, two stay above 3 for two log points in
-# a row, both ball_in_cup runs whose policy scored 0 for 20k frames against a Q of 30-42 (docs/results.md).
+# overestimates: cheetah_run's seed 2 read 10.2 when its evaluations fell from 273 to 30 (it recovered
+# 40k frames later); of the other 123 committed runs' train.csv and eval.csv, two stay above 3 for two
+# log points in a row, both ball_in_cup runs whose policy scored 0 for 20k frames against a Q of 30-42
+# (docs/results.md).
 OVERESTIMATE_RATIO = 3.0
 OVERESTIMATE_MIN_Q = 10.0
 GUARDED_METRICS = ("critic_loss", "actor_loss", "q", "target_q")  # update outputs that must stay finite

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,15 +116,19 @@ def test_a_run_logs_the_diagnostics_and_warns_once_when_the_actor_saturates(tmp_
     assert proc.stdout.count("tanh saturated") == 1, proc.stdout
 
 
-def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
-    from types import SimpleNamespace
-
-    from pixel_ddpg.trainer import Trainer
-
+def warning_trainer(q_per_return: float = 1.0) -> tuple[SimpleNamespace, list[str]]:
+    """What Trainer._warn_on_collapse reads of a trainer, and the lines it says."""
     said: list[str] = []
     fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0),
-                           _last_eval=None, _q_per_return=1.0,
+                           _last_eval=None, _q_per_return=q_per_return,
                            log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    return fake, said
+
+
+def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
+    from pixel_ddpg.trainer import Trainer
+
+    fake, said = warning_trainer()
     rows = [{"sat_frac": 1.0, "feat_norm": 2.0}, {"sat_frac": 0.5, "feat_norm": 0.0},  # neither twice in a row
             {"sat_frac": 1.0, "feat_norm": 3.0}, {"sat_frac": 0.97, "feat_norm": 0.0},
             {"sat_frac": 1.0, "feat_norm": 0.0}, {"sat_frac": 1.0, "feat_norm": 0.0}, {"sat_frac": 1.0, "feat_norm": 0.0}]
@@ -137,16 +142,11 @@ def test_the_warnings_fire_once_after_two_bad_log_points_in_a_row():
 def test_a_critic_whose_q_runs_away_from_what_the_policy_earns_is_named_once():
     """cheetah_run seed 2's rows before and after its collapse (docs/results.md): Q 81 while the
     episodes earned 269, then Q 108 against 29. A zero-reward start (Q near 0) never counts."""
-    from types import SimpleNamespace
-
     from pixel_ddpg.trainer import Trainer, q_per_return
 
     k = q_per_return(0.99, 250)
     assert k == pytest.approx((1 - 0.99 ** 250) / 0.01 / 250) and 0.35 < k < 0.37
-    said: list[str] = []
-    fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0),
-                           _last_eval=None, _q_per_return=k,
-                           log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    fake, said = warning_trainer(k)
     rows = [(0.01, 0.0, None), (81.0, 269.0, 273.0), (108.0, 29.0, 273.0),  # the last evaluation still holds it up
             (108.0, 29.0, 30.0), (2.0, 0.0, 0.0), (110.0, 25.0, 30.0), (120.0, 20.0, 30.0), (130.0, 20.0, 30.0)]
     for i, (q, ret, last_eval) in enumerate(rows):
@@ -160,7 +160,6 @@ def replay_warnings(run_dir) -> list[str]:
     """The warnings a committed run's train.csv and eval.csv rows give, fed to the check in the
     trainer's order (the evaluation at a frame before that frame's log row)."""
     import csv
-    from types import SimpleNamespace
 
     import yaml
 
@@ -169,11 +168,8 @@ def replay_warnings(run_dir) -> list[str]:
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     evals = {int(r["frame"]): float(r["return_mean"]) for r in csv.DictReader((run_dir / "eval.csv").open())}
-    said: list[str] = []
     steps = cfg["env"]["episode_sim_steps"] // cfg["obs"]["action_repeat"]
-    fake = SimpleNamespace(_collapse_rows={}, _collapse_warned=set(), counters=SimpleNamespace(frame=0), _last_eval=None,
-                           _q_per_return=q_per_return(cfg["agent"]["gamma"], steps),
-                           log=SimpleNamespace(progress=SimpleNamespace(write=said.append)))
+    fake, said = warning_trainer(q_per_return(cfg["agent"]["gamma"], steps))
     for r in csv.DictReader((run_dir / "train.csv").open()):
         fake.counters.frame = frame = int(r["frame"])
         fake._last_eval = max(((f, v) for f, v in evals.items() if f <= frame), default=(0, None))[1]
