@@ -252,6 +252,17 @@ class Counters:
     # behind, so resuming a finished run evaluates (and writes) nothing. -1: none yet, or a
     # checkpoint from before this counter.
     last_eval_frame: int = -1
+    # That evaluation's mean return, for the divergence check after a resume. None: none yet, or a
+    # checkpoint from before this counter (then the run's best stands in for it).
+    last_eval_return: float | None = None
+
+
+def last_evaluation(c: Counters) -> float | None:
+    """The mean return of the run's last evaluation, what the divergence check compares Q with; a
+    checkpoint written before ``last_eval_return`` existed has only the best, which stands in."""
+    if c.last_eval_return is not None:
+        return c.last_eval_return
+    return None if c.best_return == -math.inf else c.best_return
 
 
 def _after(frame: int, scheduled: int, every: int) -> int:
@@ -333,7 +344,7 @@ class Trainer:
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._q_per_return = q_per_return(self.learner.sampling.gamma, self.spec.episode_agent_steps)
-        self._last_eval: float | None = None if self.counters.best_return == -math.inf else self.counters.best_return
+        self._last_eval: float | None = last_evaluation(self.counters)
         self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
         if self.compute_why:
             self.log.progress.write(f"compute per frame: {self.compute_why}")
@@ -621,6 +632,7 @@ class Trainer:
             return False
         c.next_eval = _after(c.frame, c.next_eval, int(self.cfg.eval.every_frames))
         c.last_eval_frame = c.frame
+        c.last_eval_return = score
         if score > c.best_return:
             c.best_return = score
             if self.cfg.checkpoint.keep_best:
@@ -699,7 +711,7 @@ class Trainer:
         action on its bound (a saturated tanh under Adam) or an encoder whose features are all zero
         (dead ReLUs get no gradient), which it does not leave by itself, or a critic whose Q runs away
         from what the policy earns, which cheetah_run seed 2 left after 40k frames. Two log points in
-        a row count. After a resume the last evaluation is the run's best until the next one."""
+        a row count. A resume keeps the last evaluation (a checkpoint older than that counter: its best)."""
         checks = {
             "saturated": (row.get("sat_frac", math.nan) >= SATURATED_ROWS_SHARE,
                           f"{row.get('sat_frac', math.nan):.0%} of the actor's actions are at their bounds (tanh "

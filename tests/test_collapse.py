@@ -156,6 +156,16 @@ def test_a_critic_whose_q_runs_away_from_what_the_policy_earns_is_named_once():
     assert "overestimates" in said[0]
 
 
+def test_a_resumed_run_compares_q_with_its_last_evaluation_not_its_best():
+    """A run that fell from 273 to 30 and was resumed must not measure Q against the 273 it lost;
+    a checkpoint from before the counter existed has only the best."""
+    from pixel_ddpg.trainer import Counters, last_evaluation
+
+    assert last_evaluation(Counters()) is None
+    assert last_evaluation(Counters(best_return=273.0, last_eval_return=30.0)) == 30.0
+    assert last_evaluation(Counters(best_return=273.0)) == 273.0  # older checkpoints
+
+
 def replay_warnings(run_dir) -> list[str]:
     """The warnings a committed run's train.csv and eval.csv rows give, fed to the check in the
     trainer's order (the evaluation at a frame before that frame's log row)."""

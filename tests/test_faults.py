@@ -218,7 +218,10 @@ def test_resuming_a_finished_run_writes_no_row(runner, tmp_path):
     assert again.rc == 0, again
     assert "eval @" not in again.out, "a finished run evaluated again"
     assert {name: (run / name).read_bytes() for name in before} == before
-    assert ckpt_io.load(run)["counters"]["last_eval_frame"] == 180
+    counters = ckpt_io.load(run)["counters"]
+    assert counters["last_eval_frame"] == 180
+    # what the divergence check compares Q with after a resume: the last evaluation, not the best
+    assert counters["last_eval_return"] == pytest.approx(float(rows(run / "eval.csv")[-1]["return_mean"]))
 
 
 # ------------------------------------------------------------------ kill -9 at any moment
