@@ -9,6 +9,7 @@ pays back, and torch threads from the cores this process may use, leaving EnvPoo
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import sysconfig
@@ -40,6 +41,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"device={name!r} is not a device; choose one of ['auto', 'cpu', 'cuda']")
+
+
+class _NoCudaRuntimeOnCpu(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" line: inductor's C++ backend looks for a CUDA
+    toolkit when it first compiles, and a CPU run on a machine that has ``nvcc`` but no GPU (or a
+    CUDA wheel on a laptop) would print it at start-up as if something were wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home_warning() -> None:
+    """Install :class:`_NoCudaRuntimeOnCpu` once; other cpp_extension warnings still print."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeOnCpu) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeOnCpu())
 
 
 def _switch(value: object, key: str) -> bool | None:
@@ -191,6 +208,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     elif use_compile and dev.type == "cpu" and cpu_compiler() is None:
         raise UserError(f"compile=true needs a C++ compiler for torch.compile on a CPU ({os.environ.get('CXX') or 'g++'} "
                         "not found): install g++, or use compile=auto or compile=false")
+    if use_compile and dev.type == "cpu":
+        quiet_cuda_home_warning()
     graphs = _switch(cuda_graphs, "cuda_graphs")
     if graphs and not (use_compile and dev.type == "cuda"):
         raise ConfigError(f"cuda_graphs=true needs compile on CUDA (here: device {dev}, compile "

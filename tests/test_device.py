@@ -212,3 +212,21 @@ def test_the_learners_worker_threads_flush_denormals_too():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_a_cpu_run_hides_torchs_no_cuda_runtime_line_and_nothing_else(caplog, monkeypatch):
+    """A CPU run on a machine with nvcc and no GPU printed "No CUDA runtime is found" at its first
+    compile; the filter drops that line only."""
+    import logging
+
+    from pixel_ddpg.device import quiet_cuda_home_warning
+
+    monkeypatch.setattr(device, "cpu_compiler", lambda: "g++")
+    resolve_precision("cpu", amp=False, compile=True, flags=frozenset())
+    quiet_cuda_home_warning()  # twice: still one filter
+    log = logging.getLogger("torch.utils.cpp_extension")
+    assert len(log.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        log.warning("Error checking compiler version for %s", "c++")
+    assert [r.getMessage() for r in caplog.records] == ["Error checking compiler version for c++"]
