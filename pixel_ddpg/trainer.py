@@ -344,7 +344,6 @@ class Trainer:
         self._collapse_rows: dict[str, int] = {}
         self._collapse_warned: set[str] = set()
         self._q_per_return = q_per_return(self.learner.sampling.gamma, self.spec.episode_agent_steps)
-        self._last_eval: float | None = last_evaluation(self.counters)
         self.log.progress.write(describe_setup(cfg, self.spec, self.learner, self.updates_per_step))
         if self.compute_why:
             self.log.progress.write(f"compute per frame: {self.compute_why}")
@@ -571,8 +570,12 @@ class Trainer:
         self.log.scalars("eval", row, c.frame)
         self.log.progress.write(f"eval @ {c.frame:,} frames: return {res.mean:.1f} ± {res.std:.1f} "
                                 f"over {len(res.returns)} episodes")
-        self._last_eval = res.mean
         return res.mean
+
+    @property
+    def _last_eval(self) -> float | None:
+        """Read from the counters, which checkpoints keep, so that a resumed run sees it too."""
+        return last_evaluation(self.counters)
 
     def _handle_signal(self, signum: int, frame: object) -> None:
         self._stop_signal = signum
