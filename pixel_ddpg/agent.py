@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from pixel_ddpg.batch import Batch
-from pixel_ddpg.device import Precision
+from pixel_ddpg.device import Precision, quiet_cuda_home_warning
 from pixel_ddpg.learner import LearnerSettings
 from pixel_ddpg.networks import build_networks
 from pixel_ddpg.noise import make_noise
@@ -130,6 +130,8 @@ class DDPGAgent:
         # they overwrite a graph's outputs on its next replay, so outputs kept past an update are cloned.
         self._graphs = bool(precision.cuda_graphs)
         if precision.compile:
+            if self.device.type == "cpu":
+                quiet_cuda_home_warning()
             mode = {"mode": "reduce-overhead"} if self._graphs else {}
             self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False, **mode)
             self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False, **mode)

@@ -208,8 +208,6 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     elif use_compile and dev.type == "cpu" and cpu_compiler() is None:
         raise UserError(f"compile=true needs a C++ compiler for torch.compile on a CPU ({os.environ.get('CXX') or 'g++'} "
                         "not found): install g++, or use compile=auto or compile=false")
-    if use_compile and dev.type == "cpu":
-        quiet_cuda_home_warning()
     graphs = _switch(cuda_graphs, "cuda_graphs")
     if graphs and not (use_compile and dev.type == "cuda"):
         raise ConfigError(f"cuda_graphs=true needs compile on CUDA (here: device {dev}, compile "

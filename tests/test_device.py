@@ -218,13 +218,16 @@ def test_a_cpu_run_hides_torchs_no_cuda_runtime_line_and_nothing_else(caplog, mo
     """A CPU run on a machine with nvcc and no GPU printed "No CUDA runtime is found" at its first
     compile; the filter drops that line only."""
     import logging
+    from dataclasses import replace
 
     from pixel_ddpg.device import quiet_cuda_home_warning
+    from tests.conftest import CPU, agent
 
-    monkeypatch.setattr(device, "cpu_compiler", lambda: "g++")
-    resolve_precision("cpu", amp=False, compile=True, flags=frozenset())
-    quiet_cuda_home_warning()  # twice: still one filter
     log = logging.getLogger("torch.utils.cpp_extension")
+    monkeypatch.setattr(log, "filters", [])  # another test in this process may have built a compiled agent
+    agent(precision=replace(CPU, compile=True))  # the one place that compiles installs it
+    assert len(log.filters) == 1
+    quiet_cuda_home_warning()  # twice: still one filter
     assert len(log.filters) == 1
     with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
         log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
