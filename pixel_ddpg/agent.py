@@ -63,6 +63,14 @@ def random_shift(x: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tenso
     return x.reshape(b, c, h * w).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
+def _running_stats(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Batch norm's running mean and var: the persistent float buffers. Not its counters, and not
+    what comes from the config and the env (the actor's bounds, a categorical critic's support),
+    which are non-persistent and never change."""
+    persistent = {id(t) for t in module.state_dict(keep_vars=True).values()}
+    return [b for b in module.buffers() if b.is_floating_point() and id(b) in persistent]
+
+
 class DDPGAgent:
     """Encoder, actor, critic, their targets, optimizers and exploration noise on one device."""
 
@@ -83,13 +91,16 @@ class DDPGAgent:
         self.target_noise_schedule, self.actor_noise = s.target_noise_schedule, s.actor_noise
         self.actor_min_q = s.actor_q == "min"
         self.huber_delta = s.huber_delta if s.critic_loss == "huber" else None
+        self.hl_sigma = None if s.hlgauss is None else s.hlgauss.sigma
         self.use_target_encoder, self.use_target_actor = s.target_encoder, s.target_actor
         self.augment, self.pad = s.augment, s.augment_pad
 
         with torch.random.fork_rng(devices=[]):  # same init for a seed, global RNG untouched
             torch.manual_seed(int(seed))
+            self.q_range = (None if s.hlgauss is None
+                            else s.hlgauss.resolved_range(spec.action_repeat, s.sampling.gamma))
             self.encoder, self.actor, self.critic = build_networks(s, spec.obs_shape, spec.action_low,
-                                                                   spec.action_high)
+                                                                   spec.action_high, self.q_range)
         self.target_encoder = copy.deepcopy(self.encoder)
         self.target_actor = copy.deepcopy(self.actor)
         self.target_critic = copy.deepcopy(self.critic)
@@ -101,14 +112,8 @@ class DDPGAgent:
             m.eval().requires_grad_(False)
         self._online_params = [p for m in self._online for p in m.parameters()]
         self._target_params = [p for m in self._targets for p in m.parameters()]
-        is_stat = lambda b: b.is_floating_point()  # noqa: E731  (BN running mean/var, not counters)
-        self._online_stats = [b for m in self._online for b in m.buffers(recurse=True) if is_stat(b)]
-        self._target_stats = [b for m in self._targets for b in m.buffers(recurse=True) if is_stat(b)]
-        # Bounds are non-persistent buffers in the actor; skip them from the stats lists.
-        bounds = {id(self.actor.scale), id(self.actor.center), id(self.target_actor.scale),
-                  id(self.target_actor.center)}
-        self._online_stats = [b for b in self._online_stats if id(b) not in bounds]
-        self._target_stats = [b for b in self._target_stats if id(b) not in bounds]
+        self._online_stats = [b for m in self._online for b in _running_stats(m)]
+        self._target_stats = [b for m in self._targets for b in _running_stats(m)]
 
         cuda = self.device.type == "cuda"
         fast = {"fused": True} if cuda else {"foreach": True}
@@ -283,7 +288,8 @@ class DDPGAgent:
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
                      ) -> tuple[torch.Tensor, ...]:
-        """MSE (or Huber) of every Q head to reward + discount * min Q'(s', μ'(s') [+ clipped noise]).
+        """MSE (Huber, or HL-Gauss cross-entropy) of every Q head to reward + discount * min Q'(s', μ'(s')
+        [+ clipped noise]).
 
         ``target_eps``: the smoothing noise, scaled by its std (fixed, or the exploration schedule's)."""
         if shifts is not None:
@@ -303,12 +309,28 @@ class DDPGAgent:
                 next_q = torch.minimum(next_q, q)
             target = reward.float() + discount.float() * next_q
         feat = self._features(self.encoder, obs)
-        qs = self.critic(feat, action)
-        loss = self._td_loss(qs[0], target)
-        for q in qs[1:]:
-            loss = loss + self._td_loss(q, target)
+        outs = self.critic.outputs(feat, action)
+        if self.hl_sigma is not None:
+            probs = self._hl_gauss(target)
+            loss = sum(-(probs * F.log_softmax(o.float(), dim=1)).sum(1).mean() for o in outs)
+            q1 = self.critic.expectation(outs[0])
+        else:
+            loss = sum(self._td_loss(q, target) for q in outs)
+            q1 = outs[0]
         feat_norm = feat.detach().norm(dim=1).mean()
-        return loss, qs[0].detach().mean(), target.mean(), feat.detach(), feat_norm
+        return loss, q1.detach().mean(), target.mean(), feat.detach(), feat_norm
+
+    def _hl_gauss(self, target: torch.Tensor) -> torch.Tensor:
+        """The categorical critic's target, (B, bins): the mass a Gaussian at each TD target (std
+        ``sigma`` bin widths) puts in each bin, renormalised to the support (HL-Gauss). A target
+        beyond the support is clipped to its end. Its cross-entropy's gradient on each logit is
+        bounded, however large the TD error, and a target that jumps across a catch moves mass
+        between bins instead of squaring the jump."""
+        edges = self.critic.edges
+        std = self.hl_sigma * (edges[1] - edges[0]) * (2.0 ** 0.5)
+        t = target.clamp(edges[0], edges[-1]).unsqueeze(1)
+        cdf = torch.special.erf((edges - t) / std)  # (B, bins + 1), 2*Phi - 1: the factor cancels
+        return (cdf[:, 1:] - cdf[:, :-1]) / (cdf[:, -1:] - cdf[:, :1])
 
     def _td_loss(self, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Huber bounds each sample's gradient at ``huber_delta``: a sparse task's first large TD
@@ -474,7 +496,7 @@ class DDPGAgent:
 
     def config_signature(self) -> dict[str, Any]:
         """What the network shapes depend on, as plain values: a checkpoint must match it (==)."""
-        return self.settings.signature(self.spec.obs_shape, self.spec.action_dim)
+        return self.settings.signature(self.spec.obs_shape, self.spec.action_dim, self.q_range)
 
 
 def make_agent(cfg_agent: Any, spec: Any, precision: Precision, seed: int) -> DDPGAgent:

@@ -19,7 +19,7 @@ from pixel_ddpg.replay import Sampling
 ENCODER_TYPES = ("paper", "drqv2")
 INITS = ("paper", "orthogonal")
 ACTOR_Q = ("q1", "min")
-CRITIC_LOSSES = ("mse", "huber")
+CRITIC_LOSSES = ("mse", "huber", "hlgauss")
 
 
 def _ints(values: Any, key: str) -> tuple[int, ...]:
@@ -99,6 +99,48 @@ class NoiseSettings:
 
 
 @dataclass(frozen=True)
+class HLGaussSettings:
+    """The categorical critic (``agent.critic_loss: hlgauss``, ``agent.hlgauss``): Q as a softmax
+    over ``bins`` bins spanning ``v_range`` (None: ±action_repeat/(1-gamma), set where the env is
+    known), trained by cross-entropy to the TD target smeared by a Gaussian of ``sigma`` bin widths
+    (Farebrother et al. 2024, "Stop Regressing")."""
+
+    bins: int
+    v_range: tuple[float, float] | None
+    sigma: float
+
+    @classmethod
+    def from_config(cls, h: Any) -> HLGaussSettings:
+        try:
+            bins = int(h.bins)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"agent.hlgauss.bins={h.bins!r} must be a whole number >= 2") from exc
+        if bins < 2:
+            raise ConfigError(f"agent.hlgauss.bins={bins} must be >= 2")
+        sigma = _number(h.sigma, "agent.hlgauss.sigma", positive=True)
+        v_range = h.get("range")
+        if v_range is not None:
+            try:
+                lo, hi = (float(v) for v in v_range)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"agent.hlgauss.range={v_range!r} must be null or [v_min, v_max]") from exc
+            if not hi > lo:
+                raise ConfigError(f"agent.hlgauss.range={[lo, hi]} must have v_max > v_min")
+            v_range = (lo, hi)
+        return cls(bins, v_range, sigma)
+
+    def resolved_range(self, action_repeat: int, gamma: float) -> tuple[float, float]:
+        """The support: the configured one, or ±action_repeat/(1-gamma), the largest discounted
+        return of rewards of at most 1 a frame (dm_control's). Symmetric so that the near-uniform
+        softmax of a fresh critic means Q = 0, where a sparse task's Q starts: a support that
+        began at 0 would start every Q at half the bound and spend the run bootstrapping it down."""
+        if self.v_range is not None:
+            return self.v_range
+        bound = float(action_repeat) / (1.0 - float(gamma))
+        return (-bound, bound)
+
+
+@dataclass(frozen=True)
 class LearnerSettings:
     """The DDPG learner and its TD3 / DrQ-v2 options (conf/agent/*.yaml says what each one means)."""
 
@@ -121,8 +163,9 @@ class LearnerSettings:
     target_noise_schedule: bool
     actor_noise: bool
     actor_q: str  # q1 | min (ACTOR_Q)
-    critic_loss: str  # mse | huber (CRITIC_LOSSES)
+    critic_loss: str  # mse | huber | hlgauss (CRITIC_LOSSES)
     huber_delta: float
+    hlgauss: HLGaussSettings | None  # the categorical critic's support, with critic_loss hlgauss only
     target_encoder: bool
     target_actor: bool
     actor_preact_penalty: float
@@ -157,8 +200,11 @@ class LearnerSettings:
         # Configs saved before the critic's loss was an option trained with MSE.
         critic_loss = str(c.get("critic_loss", "mse"))
         if critic_loss not in CRITIC_LOSSES:
-            raise ConfigError(f"agent.critic_loss={critic_loss!r} is not known; choose mse or huber")
+            raise ConfigError(f"agent.critic_loss={critic_loss!r} is not known; choose one of {list(CRITIC_LOSSES)}")
         huber_delta = _number(c.get("huber_delta", 1.0), "agent.huber_delta", positive=True)
+        if critic_loss == "hlgauss" and c.get("hlgauss") is None:
+            raise ConfigError("agent.critic_loss=hlgauss needs agent.hlgauss (bins, range, sigma; conf/agent/ddpg.yaml)")
+        hlgauss = HLGaussSettings.from_config(c.hlgauss) if critic_loss == "hlgauss" else None
         augment = bool(c.augment) and pixels
         pad = int(c.augment_pad)
         if augment and pad < 0:
@@ -188,15 +234,17 @@ class LearnerSettings:
             init=init, twin_q=bool(c.twin_q), target_policy_noise=float(c.target_policy_noise),
             target_noise_clip=float(c.target_noise_clip), actor_delay=actor_delay,
             target_noise_schedule=bool(c.get("target_noise_schedule", False)), actor_noise=bool(c.get("actor_noise", False)),
-            actor_q=actor_q, critic_loss=critic_loss, huber_delta=huber_delta, target_encoder=bool(c.get("target_encoder", True)),
+            actor_q=actor_q, critic_loss=critic_loss, huber_delta=huber_delta, hlgauss=hlgauss, target_encoder=bool(c.get("target_encoder", True)),
             target_actor=bool(c.get("target_actor", True)), actor_preact_penalty=preact_penalty,
             actor_preact_knee=preact_knee, augment=augment, augment_pad=pad,
             encoder=EncoderSettings(kind, channels, kernels, strides, center, feature_dim),
             noise=NoiseSettings.from_config(c.noise))
 
-    def signature(self, obs_shape: tuple[int, ...], action_dim: int) -> dict[str, Any]:
+    def signature(self, obs_shape: tuple[int, ...], action_dim: int,
+                  q_range: tuple[float, float] | None = None) -> dict[str, Any]:
         """What the network shapes depend on, as plain values: a checkpoint must match it (==).
-        Built exactly as checkpoints have recorded it, so theirs still match."""
+        Built exactly as checkpoints have recorded it, so theirs still match. ``q_range``: a
+        categorical critic's support as resolved for the env (what its logits mean)."""
         sig: dict[str, Any] = {"obs_shape": [int(x) for x in obs_shape], "action_dim": int(action_dim),
                                "pixels": self.pixels, "batch_norm": self.batch_norm, "twin_q": self.twin_q}
         if self.pixels:
@@ -208,4 +256,8 @@ class LearnerSettings:
         else:
             sig["encoder"] = None
         sig["hidden"] = list(self.hidden)
+        if self.hlgauss is not None:  # only when on: signatures of scalar critics' checkpoints still match
+            h = self.hlgauss
+            support = q_range if q_range is not None else h.v_range
+            sig["critic_bins"] = {"bins": h.bins, "range": None if support is None else [float(v) for v in support]}
         return sig

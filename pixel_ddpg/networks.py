@@ -173,8 +173,9 @@ class QHead(nn.Module):
     none after a DrQ-v2 trunk, whose every hidden layer sees the action). ``post``: the rest."""
 
     def __init__(self, feature_in: int, action_dim: int, hidden: list[int], has_trunk: bool, batch_norm: bool,
-                 final_init: float) -> None:
+                 final_init: float, out_dim: int = 1) -> None:
         super().__init__()
+        self.out_dim = out_dim
         if has_trunk:
             self.pre: nn.Module | None = None
             dim, rest = feature_in, hidden
@@ -183,40 +184,68 @@ class QHead(nn.Module):
             self.pre = nn.Sequential(*layers)
             rest = hidden[1:]
         layers, width = _mlp(dim + action_dim, rest, False)
-        self.post = nn.Sequential(*layers, _linear(width, 1, final_init))
+        self.post = nn.Sequential(*layers, _linear(width, out_dim, final_init))
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Q, (B,); a categorical head's logits, (B, out_dim)."""
         x = self.pre(feat) if self.pre is not None else feat
-        return self.post(torch.cat([x, action.to(x.dtype)], dim=1)).squeeze(1)
+        out = self.post(torch.cat([x, action.to(x.dtype)], dim=1))
+        return out.squeeze(1) if self.out_dim == 1 else out
 
 
 class Critic(nn.Module):
-    """Q(s, a); with ``twin_q`` two heads (TD3), sharing only a DrQ-v2 trunk if there is one."""
+    """Q(s, a); with ``twin_q`` two heads (TD3), sharing only a DrQ-v2 trunk if there is one.
+
+    ``support`` (a categorical critic, ``agent.critic_loss: hlgauss``): the bin edges of Q; each
+    head then outputs one logit per bin and Q is the softmax's mean over the bin centres."""
 
     def __init__(self, feature_in: int, action_dim: int, hidden: list[int], trunk_dim: int | None, batch_norm: bool,
-                 final_init: float, twin: bool) -> None:
+                 final_init: float, twin: bool, support: torch.Tensor | None = None) -> None:
         super().__init__()
         self.trunk = _trunk(feature_in, trunk_dim) if trunk_dim else None
         dim = trunk_dim or feature_in
-        self.heads = nn.ModuleList(QHead(dim, action_dim, hidden, self.trunk is not None, batch_norm, final_init)
-                                   for _ in range(2 if twin else 1))
+        out_dim = 1 if support is None else int(support.numel()) - 1
+        self.heads = nn.ModuleList(QHead(dim, action_dim, hidden, self.trunk is not None, batch_norm, final_init,
+                                         out_dim) for _ in range(2 if twin else 1))
+        self.categorical = support is not None
+        # From the config and the env, not from a checkpoint (whose signature must match): non-persistent.
+        # A scalar critic has none.
+        edges = None if support is None else support.float()
+        self.register_buffer("edges", edges, persistent=False)
+        self.register_buffer("centres", None if edges is None else (edges[1:] + edges[:-1]) / 2, persistent=False)
 
-    def forward(self, feat: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
-        """Each head's Q, (B,) apiece; the first is Q1 (the one the actor climbs)."""
+    def outputs(self, feat: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's raw output: Q, (B,), or a categorical head's logits, (B, bins)."""
         x = self.trunk(feat) if self.trunk is not None else feat
         return [head(x, action) for head in self.heads]
 
+    def expectation(self, logits: torch.Tensor) -> torch.Tensor:
+        """A categorical head's Q: the mean of its softmax over the bin centres, (B,)."""
+        return torch.softmax(logits.float(), dim=1) @ self.centres
+
+    def forward(self, feat: torch.Tensor, action: torch.Tensor) -> list[torch.Tensor]:
+        """Each head's Q, (B,) apiece; the first is Q1 (the one the actor climbs)."""
+        outs = self.outputs(feat, action)
+        return [self.expectation(o) for o in outs] if self.categorical else outs
+
 
 def build_networks(settings: LearnerSettings, obs_shape: tuple[int, ...], action_low: np.ndarray,
-                   action_high: np.ndarray) -> tuple[Encoder, Actor, Critic]:
+                   action_high: np.ndarray, q_range: tuple[float, float] | None = None) -> tuple[Encoder, Actor, Critic]:
     """Encoder, actor and critic the learner settings describe, on the CPU, initialised from the
-    global RNG (the agent seeds it inside ``fork_rng``)."""
+    global RNG (the agent seeds it inside ``fork_rng``). ``q_range``: a categorical critic's
+    support (``settings.hlgauss`` resolved for the env); required with it."""
     enc = settings.encoder
     hidden, trunk_dim, batch_norm = list(settings.hidden), enc.feature_dim, settings.batch_norm
     action_dim = int(np.asarray(action_low).shape[0])
     encoder = Encoder(tuple(obs_shape), list(enc.channels), list(enc.kernels), list(enc.strides), batch_norm, enc.center)
     actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, action_low, action_high)
-    critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, settings.twin_q)
+    support = None
+    if settings.hlgauss is not None:
+        if q_range is None:
+            raise ValueError("a categorical critic (critic_loss hlgauss) needs q_range, its support")
+        support = torch.linspace(q_range[0], q_range[1], settings.hlgauss.bins + 1)
+    critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, settings.twin_q,
+                    support)
     if settings.init == "orthogonal":
         for net in (encoder, actor, critic):
             orthogonal_init_(net)

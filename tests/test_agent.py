@@ -6,6 +6,7 @@ Synthetic specs and batches only (no envs). Small images (9×32×32) keep the fa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -124,6 +125,79 @@ def test_critic_loss_is_mse_or_huber_of_q_to_the_td_target(kind):
     expected = F.huber_loss(q, target, delta=2.0) if kind == "huber" else F.mse_loss(q, target)
     torch.testing.assert_close(a.update(b)["critic_loss"], expected)
     assert (expected < F.mse_loss(q, target) / 10) == (kind == "huber")  # linear, not squared, in the tails
+
+
+# ------------------------------------------------------------------ the categorical critic (HL-Gauss)
+HL = ("agent.critic_loss=hlgauss", "agent.hlgauss.bins=51", "agent.hlgauss.range=[-10,10]")
+
+
+def test_hl_gauss_target_is_a_gaussian_over_the_bins_centred_on_the_td_target():
+    a = agent(*HL)
+    target = torch.tensor([0.0, 3.3, -7.1, 25.0, -40.0])
+    probs = a._hl_gauss(target)
+    assert probs.shape == (5, 51) and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    centres = a.critic.centres
+    mean = probs @ centres
+    torch.testing.assert_close(mean[:3], target[:3], atol=1e-3, rtol=0)  # inside the support: its mean is the target
+    width = float(centres[1] - centres[0])
+    std = ((probs[:3] * (centres - mean[:3, None]) ** 2).sum(1)).sqrt()
+    binned = math.sqrt(0.75**2 + 1 / 12) * width  # sigma 0.75 bin widths, plus binning's width^2/12 (Sheppard)
+    torch.testing.assert_close(std, torch.full((3,), binned), atol=0.02 * width, rtol=0)
+    assert probs[3].argmax() == 50 and probs[4].argmax() == 0  # beyond the support: clipped to its ends
+
+
+def test_a_categorical_critics_q_is_its_softmax_mean_and_starts_near_zero():
+    a = agent(*HL, "agent.twin_q=true")
+    b = batch()
+    feat = a.encoder(b.obs)
+    logits = a.critic.outputs(feat, b.action)
+    assert all(x.shape == (8, 51) for x in logits)
+    qs = a.critic(feat, b.action)
+    torch.testing.assert_close(qs[0], torch.softmax(logits[0], 1) @ a.critic.centres)
+    assert qs[0].abs().max() < 0.01 * 10  # the symmetric support: a fresh, near-uniform softmax means Q = 0
+
+
+def test_the_default_support_is_the_return_bound_of_the_envs_rewards():
+    s = dataclasses.replace(spec(num_envs=2), action_repeat=4)
+    a = agent("agent.critic_loss=hlgauss", s=s)  # range: null, gamma 0.99
+    assert a.q_range == pytest.approx((-400.0, 400.0))
+    assert a.critic.edges.numel() == 202 and float(a.critic.edges[-1]) == pytest.approx(400.0)
+
+
+def test_categorical_critic_loss_is_cross_entropy_to_the_hl_gauss_target():
+    a = agent(*HL, "agent.twin_q=true", "agent.actor_delay=1000")
+    b = batch()
+    b = Batch(b.obs, b.action, b.reward * 100.0, b.discount, b.next_obs)  # targets beyond the support too
+    before = copy.deepcopy(a)
+    target = _expected_target(before, b)
+    with torch.no_grad():
+        logits = before.critic.outputs(before.encoder(b.obs), b.action)
+    probs = before._hl_gauss(target)
+    expected = sum(-(probs * F.log_softmax(x, 1)).sum(1).mean() for x in logits)
+    out = a.update(b)
+    torch.testing.assert_close(out["critic_loss"], expected)
+    torch.testing.assert_close(out["q"], (torch.softmax(logits[0], 1) @ before.critic.centres).mean())
+
+
+def test_a_categorical_critic_fits_a_fixed_batch_and_the_actor_climbs_its_q():
+    a = agent(*HL, "agent.actor_delay=1000")
+    b = batch(n=16)
+    b = Batch(b.obs, b.action, b.reward * 5.0, torch.zeros(16), b.next_obs)  # Q = reward: no bootstrap
+    for _ in range(150):
+        a.update(b)
+    with torch.no_grad():
+        q = a.critic(a.encoder(b.obs), b.action)[0]
+    assert (q - b.reward).abs().mean() < 0.5  # from 2.5 at the start (the mean reward)
+    c = agent(*HL, "agent.critic_lr=0", "agent.actor_delay=1")
+    with torch.no_grad():
+        feat = c.encoder(b.obs)
+        q_before = c.critic(feat, c.actor(feat))[0].mean()
+    for _ in range(30):
+        c.update(b)
+    with torch.no_grad():
+        feat = c.encoder(b.obs)
+        assert c.critic(feat, c.actor(feat))[0].mean() > q_before  # dQ/da flows through the softmax mean
 
 
 def test_critic_weight_decay_is_in_the_critic_optimizer_only():
@@ -323,6 +397,12 @@ def test_config_signature_is_plain_and_compares():
     assert agent("agent.tau=0.5").config_signature() == sig  # not a network shape
     assert agent("agent.pixel_hidden=[100,100]").config_signature() != sig
     assert agent("agent.twin_q=true").config_signature() != sig
+    hl = agent("agent.critic_loss=hlgauss").config_signature()
+    assert hl != sig  # a categorical critic's checkpoint
+    assert hl["critic_bins"]["bins"] == 201
+    assert hl["critic_bins"]["range"] == pytest.approx([-100.0, 100.0])  # the support its logits mean (repeat 1)
+    assert agent("agent.critic_loss=hlgauss", "agent.hlgauss.range=[-10,10]").config_signature() != hl
+    assert agent("agent.critic_loss=huber").config_signature() == sig  # the same networks
 
 
 def test_bad_config_is_a_config_error():
@@ -338,6 +418,12 @@ def test_bad_config_is_a_config_error():
         agent("agent.critic_loss=huber", "agent.huber_delta=0")
     with pytest.raises(ConfigError, match="huber_delta"):
         agent("agent.critic_loss=huber", "agent.huber_delta=null")
+    with pytest.raises(ConfigError, match="hlgauss.bins"):
+        agent("agent.critic_loss=hlgauss", "agent.hlgauss.bins=1")
+    with pytest.raises(ConfigError, match="hlgauss.range"):
+        agent("agent.critic_loss=hlgauss", "agent.hlgauss.range=[5,-5]")
+    with pytest.raises(ConfigError, match="hlgauss.sigma"):
+        agent("agent.critic_loss=hlgauss", "agent.hlgauss.sigma=0")
 
 
 # ------------------------------------------------------------------ options

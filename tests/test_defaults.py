@@ -3,6 +3,8 @@ benchmark action repeat, and the DDPG paper's setup is one override away (setup=
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import re
 
 import pytest
@@ -203,10 +205,14 @@ def test_the_start_up_line_says_when_the_actor_climbs_a_noisy_sample_or_the_min_
 
 
 def test_the_start_up_line_says_when_the_critic_loss_is_huber():
+    spec = SimpleNamespace(action_repeat=4)
     plain = LearnerSettings.from_config(compose(["env=cheetah"]).agent, pixels=True)
-    assert describe_critic_loss(plain) == ""  # DDPG's MSE
+    assert describe_critic_loss(plain, spec) == ""  # DDPG's MSE
     huber = compose(["env=cheetah", "agent.critic_loss=huber", "agent.huber_delta=5"]).agent
-    assert describe_critic_loss(LearnerSettings.from_config(huber, pixels=True)) == ", Huber critic loss (delta 5)"
+    assert describe_critic_loss(LearnerSettings.from_config(huber, pixels=True), spec) == ", Huber critic loss (delta 5)"
+    hl = LearnerSettings.from_config(compose(["env=cheetah", "agent.critic_loss=hlgauss"]).agent, pixels=True)
+    assert describe_critic_loss(hl, spec) == (
+        ", categorical critic (HL-Gauss cross-entropy, 201 bins over [-400, 400], sigma 0.75 bins)")
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
