@@ -25,8 +25,8 @@ from pathlib import Path
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.rundir import EVAL_CSV, LOCK_FILE, TB_DIR, TRAIN_CSV, write_bytes_atomic, write_error
 
-TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "critic_loss", "actor_loss", "q",
-                "target_q", "feat_norm", "dead_ch", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")
+TRAIN_FIELDS = ("frame", "step", "episodes", "episode_return", "episode_return_max", "rewarded", "critic_loss",
+                "actor_loss", "q", "target_q", "feat_norm", "dead_ch", "pre_tanh", "sat_frac", "updates", "fps", "wall_s")
 EVAL_FIELDS = ("frame", "step", "return_mean", "return_std", "episodes", "length_mean", "wall_s")
 
 

@@ -169,6 +169,16 @@ def describe_actor_loss(learner: LearnerSettings) -> str:
     return ", actor " + " ".join(parts) if parts else ""
 
 
+def episode_stats(returns: list[float]) -> dict[str, float]:
+    """The training episodes that ended in one log interval: their mean and best return, and the
+    share that collected any reward. On a sparse task the share counts how often the replay gets a
+    rewarded episode (a catch on ball_in_cup), which the mean mixes up with how much reward each got."""
+    if not returns:
+        return {"episode_return": math.nan, "episode_return_max": math.nan, "rewarded": math.nan}
+    r = np.asarray(returns, dtype=np.float64)
+    return {"episode_return": float(r.mean()), "episode_return_max": float(r.max()), "rewarded": float((r > 0).mean())}
+
+
 def describe_critic_loss(learner: LearnerSettings, spec: Any) -> str:
     """The critic's loss where it is not DDPG's MSE: a Huber critic weighs large TD errors less; a
     categorical one's loss is a cross-entropy, so its critic_loss column is not a squared error."""
@@ -702,8 +712,7 @@ class Trainer:
     def _log_train(self, fps: float) -> None:
         c, metrics, finished = self.counters, self._metrics, self._finished
         row: dict[str, Any] = {"frame": c.frame, "step": c.step, "episodes": c.episodes, "updates": c.updates,
-                               "fps": fps, "wall_s": c.wall_s,
-                               "episode_return": float(np.mean(finished)) if finished else float("nan")}
+                               "fps": fps, "wall_s": c.wall_s, **episode_stats(finished)}
         self.check_finite()  # before the row: train.csv keeps the rows up to a fault, not the fault's
         if metrics is not None:  # the only place (with check_finite) a device value is read back
             row.update({k: float(v.float().mean().item()) for k, v in metrics.items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -13,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from pixel_ddpg import checkpoint as ckpt_io
+from pixel_ddpg.trainer import episode_stats
 from tests.conftest import frames, ROOT, rows, TINY, train
+
+
+def test_train_csv_counts_the_training_episodes_that_collected_any_reward():
+    # A sparse task's interval: 3 episodes without a catch, one with: the mean alone cannot say which.
+    assert episode_stats([0.0, 0.0, 240.0, 0.0]) == {"episode_return": 60.0, "episode_return_max": 240.0,
+                                                    "rewarded": 0.25}
+    none = episode_stats([])  # no episode ended in the interval: nothing to say, not zero
+    assert set(none) == {"episode_return", "episode_return_max", "rewarded"}
+    assert all(math.isnan(v) for v in none.values())
 
 
 @pytest.mark.parametrize("obs,total", [("state", 240), ("pixels_paper", 360)])
@@ -27,6 +38,10 @@ def test_smoke_run_writes_logs_events_and_checkpoint(tmp_path, obs, total):
     train_rows = rows(run / "train.csv")
     assert train_rows and all(r["fps"] for r in train_rows)
     assert any(r["critic_loss"] for r in train_rows), "updates should have started after the warm-up"
+    ended = [r for r in train_rows if r["episode_return"] not in ("", "nan")]
+    assert ended, "some training episodes ended"
+    for r in ended:  # cartpole_balance pays reward on every step: every episode is rewarded
+        assert float(r["episode_return_max"]) >= float(r["episode_return"]) > 0 and float(r["rewarded"]) == 1.0
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "config.yaml").exists()
     ckpt = ckpt_io.load(run)
