@@ -171,8 +171,9 @@ def describe_actor_loss(learner: LearnerSettings) -> str:
 
 def episode_stats(returns: list[float]) -> dict[str, float]:
     """The training episodes that ended in one log interval: their mean and best return, and the
-    share that collected any reward. On a sparse task the share counts how often the replay gets a
-    rewarded episode (a catch on ball_in_cup), which the mean mixes up with how much reward each got."""
+    share with a positive return (any reward, where rewards are never negative, as dm_control's).
+    On a sparse task the share counts how often the replay gets a rewarded episode (a catch on
+    ball_in_cup), which the mean mixes up with how much reward each got."""
     if not returns:
         return {"episode_return": math.nan, "episode_return_max": math.nan, "rewarded": math.nan}
     r = np.asarray(returns, dtype=np.float64)
