@@ -27,6 +27,16 @@ class EpisodeResults:
     def std(self) -> float:
         return float(np.std(self.returns)) if self.returns else float("nan")
 
+    @property
+    def max(self) -> float:
+        return float(np.max(self.returns)) if self.returns else float("nan")
+
+    @property
+    def rewarded_share(self) -> float:
+        """The share with a positive return: any reward at all, where rewards are never negative (as
+        dm_control's). On a sparse task, how often a policy or its exploration finds the reward."""
+        return float(np.mean(np.asarray(self.returns) > 0)) if self.returns else float("nan")
+
 
 def agent_policy(agent: object, device: torch.device) -> Policy:
     """Deterministic actions from the agent (no noise, batch-norm running statistics)."""

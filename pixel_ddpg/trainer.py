@@ -31,7 +31,7 @@ from pixel_ddpg.device import resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay
-from pixel_ddpg.rollout import agent_policy, run_episodes
+from pixel_ddpg.rollout import EpisodeResults, agent_policy, run_episodes
 from pixel_ddpg.runlog import RunLog
 from pixel_ddpg.staging import HostStaging
 
@@ -171,13 +171,11 @@ def describe_actor_loss(learner: LearnerSettings) -> str:
 
 def episode_stats(returns: list[float]) -> dict[str, float]:
     """The training episodes that ended in one log interval: their mean and best return, and the
-    share with a positive return (any reward, where rewards are never negative, as dm_control's).
-    On a sparse task the share counts how often the replay gets a rewarded episode (a catch on
-    ball_in_cup), which the mean mixes up with how much reward each got."""
-    if not returns:
-        return {"episode_return": math.nan, "episode_return_max": math.nan, "rewarded": math.nan}
-    r = np.asarray(returns, dtype=np.float64)
-    return {"episode_return": float(r.mean()), "episode_return_max": float(r.max()), "rewarded": float((r > 0).mean())}
+    share with a positive return, measured as the exploration table's (``reference``). On a sparse
+    task the share counts how often the replay gets a rewarded episode (a catch on ball_in_cup),
+    which the mean mixes up with how much reward each got. NaN where none ended."""
+    r = EpisodeResults(returns=list(returns))
+    return {"episode_return": r.mean, "episode_return_max": r.max, "rewarded": r.rewarded_share}
 
 
 def describe_critic_loss(learner: LearnerSettings, spec: Any) -> str:
