@@ -45,7 +45,8 @@ def test_command_prints_and_writes_json(tmp_path):
     assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 8, 3 agent steps; \d+% with any reward\)", proc.stdout)
     doc = json.loads(out.read_text())
     assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 8  # obs=pixels: the task's benchmark repeat (PlaNet's 8 for cartpole)
-    assert doc["policies"]["zero"]["episodes"] == 2
+    assert doc["policies"]["zero"]["episodes"] == 2 and len(doc["policies"]["zero"]["returns"]) == 2
+    assert max(doc["policies"]["zero"]["returns"]) < 0.1  # per episode: the pole hangs down
     assert set(doc["policies"]) == {"random", "zero", "noise"}  # noise: the learner's exploration alone
     assert 0.0 <= doc["policies"]["noise"]["rewarded_share"] <= 1.0
 
