@@ -70,7 +70,7 @@ def reference_returns(settings: EnvSettings, policies: Sequence[str], episodes: 
     return out
 
 
-def run(cfg: DictConfig) -> dict[str, dict[str, float]]:
+def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     episodes = int(cfg.episodes)
     if episodes < 1:
         raise UserError(f"episodes={cfg.episodes} must be at least 1")
