@@ -82,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                     "rewarded_share": r.rewarded_share,
                     # per episode, in the order evaluate's eval.json lists them for the same seed and num_envs:
                     # which starts a policy that learned nothing already wins (ball_in_cup's floor catches)
-                    "returns": [float(x) for x in r.returns]} for name, r in results.items()}
+                    "returns": r.returns} for name, r in results.items()}
     for name, row in table.items():
         print(f"{cfg.env.name} {name:>6}: {row['return_mean']:.1f} ± {row['return_std']:.1f} over "
               f"{row['episodes']} episodes (action repeat {settings.action_repeat}, "
