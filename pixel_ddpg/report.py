@@ -10,8 +10,11 @@ keys :data:`pixel_ddpg.rundir.IGNORED_KEYS` leaves out) are the seeds of one tas
 env and obs as in the curves. A run's score is the mean evaluation return (``return_mean``) of
 its last ``--last`` rows of eval.csv (default 1: the final evaluation), the raw dm_control
 return (every task is on the same 0-1000 scale, so nothing is normalised). Across tasks, the
-statistics are taken over the runs × tasks score matrix with runs resampled within each task;
-it needs the same number of runs in every task (rliable's layout) and is left out otherwise.
+statistics are taken over the runs × tasks score matrix with runs resampled within each task
+(rliable's layout). Tasks with different numbers of runs (five seeds here, three there) get the
+same stratified bootstrap computed here, with each run weighing one over its task's runs, so that
+every task counts once: the mean is the mean of the task means, the IQM the mean of the middle
+half of that weighted distribution (the ``seeds`` column then says "task-weighted").
 
 Writes a table to stdout and to a CSV beside the figure, and the figure: one row per task and
 one for all tasks, point estimate and confidence interval, every run's score as a dot.
@@ -120,7 +123,8 @@ def interval_estimates(tasks: Sequence[TaskScores], reps: int, confidence: float
 
     matrices = {t.label: t.scores[:, None] for t in tasks}
     counts = {len(t.scores) for t in tasks}
-    if len(tasks) > 1 and len(counts) == 1:
+    equal = len(counts) == 1
+    if len(tasks) > 1 and equal:
         matrices[ALL_TASKS] = np.stack([t.scores for t in tasks], axis=1)  # runs x tasks
     with warnings.catch_warnings():  # arch deprecates the RandomState that rliable passes on; the draws are the same
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
@@ -132,13 +136,50 @@ def interval_estimates(tasks: Sequence[TaskScores], reps: int, confidence: float
         seeds = ",".join("?" if r.seed is None else str(r.seed) for r in t.runs)
         frames = f"{min(t.frames)}" if min(t.frames) == max(t.frames) else f"{min(t.frames)}-{max(t.frames)}"
         rows.append(_row(t.label, len(t.scores), seeds, frames, point[t.label], interval[t.label]))
-    if ALL_TASKS in matrices:
-        n = matrices[ALL_TASKS].size
+    if len(tasks) > 1:
+        n = sum(len(t.scores) for t in tasks)
         frames = sorted({f for t in tasks for f in t.frames})
         span = f"{frames[0]}" if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
-        rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks x {n // len(tasks)}", span, point[ALL_TASKS],
-                         interval[ALL_TASKS]))
+        if equal:
+            rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks x {n // len(tasks)}", span, point[ALL_TASKS],
+                             interval[ALL_TASKS]))
+        else:
+            across_point, across_interval = task_weighted_estimates([t.scores for t in tasks], reps, confidence,
+                                                                    np.random.default_rng(seed))
+            rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks, task-weighted", span, across_point,
+                             across_interval))
     return rows
+
+
+def weighted_iqm(scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """IQM of each row of ``scores`` (..., N) where score j weighs ``weights[j]``: the mean of the
+    middle half of the weighted distribution, splitting a score that straddles a quartile."""
+    order = np.argsort(scores, axis=-1)
+    x = np.take_along_axis(scores, order, axis=-1)
+    w = np.broadcast_to(weights / weights.sum(), scores.shape)
+    w = np.take_along_axis(w, order, axis=-1)
+    hi = np.cumsum(w, axis=-1)
+    lo = hi - w
+    inside = np.clip(np.minimum(hi, 0.75) - np.maximum(lo, 0.25), 0.0, None)
+    return (x * inside).sum(axis=-1) / 0.5
+
+
+def task_weighted_estimates(scores: Sequence[np.ndarray], reps: int, confidence: float,
+                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and IQM across tasks with unequal run counts, each task counting once, and percentile
+    intervals from a stratified bootstrap (runs resampled within their task): rliable's layout
+    needs a full runs x tasks matrix, which five seeds here and three there do not make."""
+    weights = np.concatenate([np.full(len(s), 1.0 / len(s)) for s in scores])
+
+    def stats(samples: Sequence[np.ndarray]) -> np.ndarray:
+        task_means = np.stack([s.mean(axis=-1) for s in samples], axis=-1)
+        return np.stack([task_means.mean(axis=-1), weighted_iqm(np.concatenate(samples, axis=-1), weights)])
+
+    point = stats([np.asarray(s, float) for s in scores])
+    boot = stats([np.asarray(s, float)[rng.integers(0, len(s), size=(reps, len(s)))] for s in scores])
+    tail = (1.0 - confidence) / 2 * 100
+    interval = np.percentile(boot, [tail, 100 - tail], axis=-1)
+    return point, interval
 
 
 def _row(task: str, runs: int, seeds: str, frames: str, point: np.ndarray, interval: np.ndarray) -> Row:
@@ -152,7 +193,10 @@ def markdown_table(rows: Sequence[Row], basis: str, confidence: float) -> str:
     for r in rows:
         cells = [f"{r.point[s]:.1f} [{r.low[s]:.1f}, {r.high[s]:.1f}]" for s in STATISTICS]
         lines.append(f"| {r.task} | {r.runs} | {r.seeds} | {r.frames} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + f"\n\nscore per run: {basis}; stratified bootstrap (rliable), percentile intervals"
+    weighted = any(r.seeds.endswith("task-weighted") for r in rows)
+    return "\n".join(lines) + (f"\n\nscore per run: {basis}; stratified bootstrap (rliable"
+                               + ("; the task-weighted row: the same resampling, each task counting once" if weighted else "")
+                               + "), percentile intervals")
 
 
 def write_csv(rows: Sequence[Row], basis: str, path: Path) -> Path:
@@ -181,7 +225,7 @@ def plot_report(rows: Sequence[Row], tasks: Sequence[TaskScores], out: Path, bas
             ax.plot([r.low[stat], r.high[stat]], [yi, yi], color=color, linewidth=6, alpha=0.35,
                     solid_capstyle="butt")
             ax.plot([r.point[stat]], [yi], "|", color=color, markersize=14, markeredgewidth=2)
-            dots = by_label.get(r.task, np.stack([t.scores for t in tasks]).ravel() if r.task == ALL_TASKS else [])
+            dots = by_label.get(r.task, np.concatenate([t.scores for t in tasks]) if r.task == ALL_TASKS else [])
             ax.plot(dots, np.full(len(dots), yi), ".", color="0.25", markersize=4)
         ax.set_title(name)
         ax.set_xlabel(f"return ({basis})")
@@ -204,9 +248,10 @@ def report(paths: Sequence[Path | str], out: Path | str, last: int = 1, reps: in
     figure = plot_report(rows, tasks, out, basis, confidence, title)
     table_path = write_csv(rows, basis, Path(table) if table is not None else out.with_suffix(".csv"))
     print(markdown_table(rows, basis, confidence))
-    if len(tasks) > 1 and not any(r.task == ALL_TASKS for r in rows):
+    if len({len(t.scores) for t in tasks}) > 1:
         counts = ", ".join(f"{t.label}: {len(t.scores)}" for t in tasks)
-        print(f"no across-task row: the tasks have different numbers of runs ({counts})")
+        print(f"across tasks: the tasks have different numbers of runs ({counts}); each run weighs one over "
+              "its task's runs, so every task counts once")
     return rows, figure, table_path
 
 

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from pixel_ddpg.errors import UserError
-from pixel_ddpg.report import ALL_TASKS, find_run_dirs, interval_estimates, report, task_scores
+from pixel_ddpg.report import (ALL_TASKS, find_run_dirs, interval_estimates, report, task_scores,
+                               task_weighted_estimates, weighted_iqm)
 from tests.conftest import make_run, ROOT
 
 pytest.importorskip("rliable")
@@ -54,9 +55,26 @@ def test_last_n_evaluations_and_unequal_seed_counts(sweep: Path, tmp_path: Path,
     np.testing.assert_allclose(tasks[1].scores, np.array(WALKER) - 25)
     make_run(tmp_path / "extra" / "walker-pixels-seed9", [0, 20000], [0.0, 550.0], env="walker", seed=9)
     rows, figure, table = report([sweep, tmp_path / "extra"], tmp_path / "r.png", reps=200)
-    assert [r.task for r in rows] == ["cheetah pixels", "walker pixels"]  # 4 and 5 seeds: no runs x tasks matrix
+    assert [r.task for r in rows] == ["cheetah pixels", "walker pixels", ALL_TASKS]
     assert "different numbers of runs" in capsys.readouterr().out
     assert figure.stat().st_size > 0 and table.read_text().startswith("task,runs,seeds,frames,score,mean")
+    across = rows[-1]  # 4 and 5 seeds: each task counts once, not each run
+    assert across.runs == 9 and across.seeds == "2 tasks, task-weighted"
+    assert across.point["mean"] == pytest.approx((np.mean(CHEETAH) + np.mean(WALKER + [550.0])) / 2)
+    for s in ("mean", "iqm"):
+        assert across.low[s] <= across.point[s] <= across.high[s] and across.low[s] < across.high[s]
+
+
+def test_task_weighted_estimates_count_each_task_once() -> None:
+    five, three = np.full(5, 100.0), np.zeros(3)  # pooled, the five-seed task would weigh 5/8
+    point, interval = task_weighted_estimates([five, three], reps=100, confidence=0.95, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(point, [50.0, 50.0])  # mean of the task means; the middle half: a quarter at each
+    np.testing.assert_allclose(interval, [[50.0, 50.0], [50.0, 50.0]])  # nothing varies within a task
+    # with equal weights and a count divisible by 4 the weighted IQM is the usual trimmed mean
+    x = np.array(CHEETAH + WALKER)
+    assert weighted_iqm(x, np.ones(8)) == pytest.approx(stats.trim_mean(x, 0.25))
+    # a score straddling a quartile counts in part: 3 equal runs, the middle half is 1.5 of them
+    assert weighted_iqm(np.array([0.0, 10.0, 20.0]), np.ones(3)) == pytest.approx((0.25 * 0 + 1 * 10 + 0.25 * 20) / 1.5)
 
 
 def test_cli_table_and_one_line_errors(sweep: Path, tmp_path: Path) -> None:
