@@ -1,5 +1,5 @@
 """The defaults: the headline command trains the project's learner on DrQ's observation at the task's
-benchmark action repeat, and the DDPG paper's setup is one override away (setup=paper)."""
+action repeat (PlaNet's benchmark repeat but where the learner measured better), and the DDPG paper's setup is one override away (setup=paper)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,22 @@ from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
 PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
+# The default's: PlaNet's, but cartpole_swingup at 4, where the default learner measured better (docs/results.md).
+DEFAULT_REPEATS = {**PLANET_REPEATS, "cartpole": 4}
 
 
-@pytest.mark.parametrize("env,repeat", sorted(PLANET_REPEATS.items()))
-def test_obs_pixels_uses_the_tasks_benchmark_repeat_and_drqs_stack(env, repeat):
+@pytest.mark.parametrize("env,repeat", sorted(DEFAULT_REPEATS.items()))
+def test_obs_pixels_uses_the_tasks_repeat_and_drqs_stack(env, repeat):
     cfg = compose([f"env={env}", "obs=pixels"])
     assert cfg.obs.action_repeat == repeat
+    assert compose([f"env={env}", "obs=pixels", f"env.action_repeat={PLANET_REPEATS[env]}"]).obs.action_repeat == \
+        PLANET_REPEATS[env]  # PlaNet's benchmark repeat: one override away
     assert (cfg.obs.image_size, cfg.obs.frame_stack, cfg.obs.render_substeps) == (64, 3, False)
     assert cfg.agent.name == "ddpg_drq"
 
 
 def test_the_default_sizes_its_compute_per_frame_to_the_machine_and_plans_on_the_cheapest_choice():
-    for env, repeat in PLANET_REPEATS.items():
+    for env, repeat in DEFAULT_REPEATS.items():
         cfg = compose([f"env={env}"])
         assert cfg.agent.frames_per_update == "auto" and list(cfg.agent.frames_per_update_choices) == [4, 8]
         assert updates_per_step(cfg) == repeat / 8  # until the start-up timing resolves it

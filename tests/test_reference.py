@@ -42,9 +42,9 @@ def test_command_prints_and_writes_json(tmp_path):
                            "env.episode_sim_steps=30", "episodes=2", "eval.num_envs=2", f"out={out}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 8, 3 agent steps; \d+% with any reward\)", proc.stdout)
+    assert re.search(r"cartpole   zero: 0\.0 ± 0\.0 over 2 episodes \(action repeat 4, 7 agent steps; \d+% with any reward\)", proc.stdout)
     doc = json.loads(out.read_text())
-    assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 8  # obs=pixels: the task's benchmark repeat (PlaNet's 8 for cartpole)
+    assert doc["task_id"] == "CartpoleSwingup-v1" and doc["action_repeat"] == 4  # obs=pixels: the task's repeat (4 for cartpole_swingup)
     assert doc["policies"]["zero"]["episodes"] == 2 and len(doc["policies"]["zero"]["returns"]) == 2
     assert max(doc["policies"]["zero"]["returns"]) < 0.1  # per episode: the pole hangs down
     assert set(doc["policies"]) == {"random", "zero", "noise"}  # noise: the learner's exploration alone
