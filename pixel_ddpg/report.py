@@ -39,6 +39,7 @@ from pixel_ddpg.figures import group_labels, new_figure, save_figure
 from pixel_ddpg.rundir import EVAL_CSV, Run, WriteError, load_run, write_atomic
 
 ALL_TASKS = "all tasks"
+TASK_WEIGHTED = "task-weighted"  # the across-task row's seeds text when run counts differ
 STATISTICS = ("mean", "iqm")
 COLUMNS = ("task", "runs", "seeds", "frames", "score", "mean", "mean_low", "mean_high", "iqm", "iqm_low", "iqm_high")
 
@@ -146,7 +147,7 @@ def interval_estimates(tasks: Sequence[TaskScores], reps: int, confidence: float
         else:
             across_point, across_interval = task_weighted_estimates([t.scores for t in tasks], reps, confidence,
                                                                     np.random.default_rng(seed))
-            rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks, task-weighted", span, across_point,
+            rows.append(_row(ALL_TASKS, n, f"{len(tasks)} tasks, {TASK_WEIGHTED}", span, across_point,
                              across_interval))
     return rows
 
@@ -193,7 +194,7 @@ def markdown_table(rows: Sequence[Row], basis: str, confidence: float) -> str:
     for r in rows:
         cells = [f"{r.point[s]:.1f} [{r.low[s]:.1f}, {r.high[s]:.1f}]" for s in STATISTICS]
         lines.append(f"| {r.task} | {r.runs} | {r.seeds} | {r.frames} | {cells[0]} | {cells[1]} |")
-    weighted = any(r.seeds.endswith("task-weighted") for r in rows)
+    weighted = any(r.seeds.endswith(TASK_WEIGHTED) for r in rows)
     return "\n".join(lines) + (f"\n\nscore per run: {basis}; stratified bootstrap (rliable"
                                + ("; the task-weighted row: the same resampling, each task counting once" if weighted else "")
                                + "), percentile intervals")

@@ -1,5 +1,6 @@
 """The defaults: the headline command trains the project's learner on DrQ's observation at the task's
-action repeat (PlaNet's benchmark repeat but where the learner measured better), and the DDPG paper's setup is one override away (setup=paper)."""
+action repeat (PlaNet's benchmark repeat, but where the learner measured better), and the DDPG paper's
+setup is one override away (setup=paper)."""
 
 from __future__ import annotations
 
