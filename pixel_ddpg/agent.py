@@ -141,9 +141,11 @@ class DDPGAgent:
             self._critic_loss_fn = torch.compile(self._critic_loss, dynamic=False, **mode)
             self._actor_loss_fn = torch.compile(self._actor_loss, dynamic=False, **mode)
             self._policy_fn = torch.compile(self._policy, dynamic=False)
+            self._target_policy_fn = torch.compile(self._target_policy, dynamic=False)
         else:
             self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
                 self._critic_loss, self._actor_loss, self._policy)
+            self._target_policy_fn = self._target_policy
 
     # ------------------------------------------------------------------ compiled or eager
     def time_compiled_and_eager(self, rounds: int = 4, pair: int = 2,
@@ -211,6 +213,7 @@ class DDPGAgent:
         self.precision = dataclasses.replace(self.precision, compile=False, timed=False)
         self._critic_loss_fn, self._actor_loss_fn, self._policy_fn = (
             self._critic_loss, self._actor_loss, self._policy)
+        self._target_policy_fn = self._target_policy
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -275,15 +278,24 @@ class DDPGAgent:
     def _policy(self, obs: torch.Tensor) -> torch.Tensor:
         return self.actor(self._features(self.encoder, obs))
 
+    def _target_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.target_actor(self._features(self.target_encoder, obs))
+
+    def policy_networks(self, target: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(encoder, actor) that act: the online ones, or their Polyak averages (the targets), which
+        average out what the last few hundred updates did to the policy (evaluation only)."""
+        return (self.target_encoder, self.target_actor) if target else (self.encoder, self.actor)
+
     @torch.no_grad()
-    def q1(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Q1(s, a) of the online encoder and critic, fp32, with running batch-norm statistics
-        (as when acting): what evaluation's Q record reads."""
+    def q1(self, obs: torch.Tensor, action: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Q1(s, a) of the online (or target) encoder and critic, fp32, with running batch-norm
+        statistics (as when acting): what evaluation's Q record reads."""
         self._set_train(False)
         obs = obs.to(self.device)
         if not self.pixels and obs.dtype != torch.float32:
             obs = obs.float()
-        return self.critic(self._features(self.encoder, obs), action.to(self.device, torch.float32))[0]
+        encoder, critic = (self.target_encoder, self.target_critic) if target else (self.encoder, self.critic)
+        return critic(self._features(encoder, obs), action.to(self.device, torch.float32))[0]
 
     def _critic_loss(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
                      next_obs: torch.Tensor, shifts: torch.Tensor | None, target_eps: torch.Tensor | None
@@ -372,17 +384,20 @@ class DDPGAgent:
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
     def act(self, obs: torch.Tensor, *, explore: bool, first: torch.Tensor | None = None,
-            frame: int = 0) -> torch.Tensor:
+            frame: int = 0, target: bool = False) -> torch.Tensor:
         """Actions (N, A) float32 on the device, within bounds; running batch-norm statistics.
 
         ``explore`` adds the noise process (``first`` restarts the OU process of those envs,
-        ``frame`` drives the Gaussian std schedule); otherwise μ(s), deterministic.
+        ``frame`` drives the Gaussian std schedule); otherwise μ(s), deterministic. ``target``:
+        μ of the target (Polyak-averaged) encoder and actor, for evaluation; it never explores.
         """
+        if target and explore:
+            raise ValueError("the target networks only evaluate: explore=True acts with the online actor")
         obs = obs.to(self.device, non_blocking=True)
         if not self.pixels and obs.dtype != torch.float32:
             obs = obs.float()
         self._set_train(False)
-        action = self._policy_fn(obs)
+        action = (self._target_policy_fn if target else self._policy_fn)(obs)
         if explore:
             noise = self.noise.sample(obs.shape[0], first, frame)
             action = torch.maximum(torch.minimum(action + noise * self.actor.scale, self._high), self._low)

@@ -6,7 +6,9 @@ it then runs that file as it is, in the env its metadata names (no Q record: it 
 Rebuilds env, obs pipeline, render profile and networks from the checkpoint's own config,
 runs N episodes with deterministic actions on a batch of envs, prints the returns and writes
 ``eval.json`` and an MP4 per recorded episode (the agent's view beside a larger render);
-``strip_frames=N`` adds a PNG of N renders spread over the first episode. With
+``strip_frames=N`` adds a PNG of N renders spread over the first episode. ``networks=target`` acts
+with the target (Polyak-averaged) encoder and actor instead of the online ones (default: what the
+run's own evaluations used, ``eval.networks``) and writes to ``frame_<N>_target``. With
 ``q_record=true`` (the default) it also records the critic's Q against the discounted return
 that followed, step by step (``q_record.npz``; bias and correlation in eval.json's ``q``;
 :mod:`pixel_ddpg.qestimate` says how time-limit truncation is handled).
@@ -30,7 +32,7 @@ from pixel_ddpg.config import cli, ensure_writable_dir
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.device import resolve_precision, set_cpu_threads
 from pixel_ddpg.qestimate import COMPARISONS, RECORD_FILE, QRecorder, check_tolerance, summarize
-from pixel_ddpg.rollout import agent_policy, run_episodes
+from pixel_ddpg.rollout import agent_policy, chosen_networks, run_episodes, uses_target
 
 
 class EpisodeRecorder:
@@ -165,6 +167,7 @@ def _source(path: str) -> dict[str, Any]:
         module, meta = load_exported(path)
         p = Path(path).expanduser().resolve()
         return {"exported": module, "path": p, "config": OmegaConf.create(meta["config"]),
+                "networks": meta.get("networks", "online"),
                 "frame": int(meta["checkpoint_frame"]), "provenance": meta.get("provenance"),
                 "env_signature": meta["env_signature"], "run_dir": None, "out": p.parent / rundir.EVAL_DIR / p.stem}
     ckpt = ckpt_io.load(path)
@@ -184,23 +187,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"episodes={episodes} must be at least 1")
     if int(cfg.strip_frames) < 0:
         raise UserError(f"strip_frames={cfg.strip_frames} must be zero or a positive whole number")
+    if cfg.networks is not None:
+        uses_target(cfg.networks, "networks")  # a bad value fails before the checkpoint loads
     src = _source(str(cfg.checkpoint))
     exported = "exported" in src
     if exported and cfg.plot:
         raise UserError(f"plot=true needs a run's eval.csv; {src['path']} is an exported policy: "
                         "point checkpoint= at the run dir to plot")
+    train_cfg = src["config"]
+    if exported:
+        if cfg.networks is not None:
+            raise UserError(f"networks={cfg.networks}: {src['path']} is an exported policy, which holds the one set "
+                            "of networks chosen at export; point checkpoint= at the run's checkpoint to choose")
+        networks, target = src["networks"], False  # the file runs as it is
+    else:
+        networks, target = chosen_networks(cfg.networks, train_cfg)
     q_record = bool(cfg.q_record) and not exported  # an exported policy has no critic
     tolerance = check_tolerance(cfg.q_tail_tolerance) if q_record else None
     warning = provenance.mismatch_warning(src["provenance"], str(src["path"]))
     if warning:
         print(warning, file=sys.stderr)
-    train_cfg = src["config"]
     run_dir = src["run_dir"]
     if cfg.plot:
         from pixel_ddpg.plot import load_run
 
         load_run(run_dir)  # no eval.csv to plot: say so before any episode runs
-    out = ensure_writable_dir(Path(str(cfg.out_dir)) if cfg.out_dir else src["out"], "out_dir")
+    default_out = src["out"].with_name(src["out"].name + "_target") if target else src["out"]
+    out = ensure_writable_dir(Path(str(cfg.out_dir)) if cfg.out_dir else default_out, "out_dir")
     precision = resolve_precision("cpu" if exported else cfg.device, "false", "bfloat16", "false")
     set_cpu_threads(precision.device, train_cfg.get("torch_threads", "auto"))
     seed = int(cfg.seed) if cfg.seed is not None else (int(train_cfg.seed) + EVAL_SEED_OFFSET) % 2**31
@@ -215,8 +228,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         else:
             agent = make_agent(train_cfg.agent, env.spec, precision, seed)
             ckpt_io.restore_agent(agent, src["checkpoint"], env_sig, generator=False)  # deterministic actions draw nothing
-            policy = agent_policy(agent, precision.device)
-            qrec = QRecorder(agent, num_envs, gamma=agent.settings.sampling.gamma) if q_record else None
+            policy = agent_policy(agent, precision.device, target=target)
+            qrec = QRecorder(agent, num_envs, gamma=agent.settings.sampling.gamma, target=target) if q_record else None
         recorder = None
         strip_at = strip_frames(int(cfg.strip_frames), settings.episode_agent_steps)
         if (cfg.video and int(cfg.video_episodes) > 0) or strip_at:
@@ -235,6 +248,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "env": settings.name, "task_id": settings.task_id, "obs": settings.obs_type, "render": settings.render,
         "checkpoint": str(src["path"]), "checkpoint_frame": src["frame"], "seed": seed,
         "policy": "exported" if exported else "checkpoint",
+        "networks": networks,
         "episodes": episodes, "returns": res.returns, "lengths": res.lengths, "mean": res.mean, "std": res.std,
         "videos": [p.name for p in (recorder.paths if recorder else [])],
     }

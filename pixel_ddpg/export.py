@@ -31,6 +31,7 @@ from pixel_ddpg import checkpoint as ckpt_io
 from pixel_ddpg import provenance, rundir
 from pixel_ddpg.config import cli
 from pixel_ddpg.errors import UserError
+from pixel_ddpg.rollout import chosen_networks, uses_target
 
 META_FILE = "pixel_ddpg.json"
 FORMAT = "pixel_ddpg.policy"
@@ -50,9 +51,10 @@ class ExportedPolicy(nn.Module):
         return self.actor(self.encoder(obs).float())
 
 
-def _policy_module(ckpt: dict[str, Any]) -> tuple[ExportedPolicy, Any, DictConfig, dict[str, Any]]:
-    """The checkpoint's online encoder and actor on the CPU, in eval mode, fp32; with the env
-    spec and config they were trained with."""
+def _policy_module(ckpt: dict[str, Any], target: bool = False
+                   ) -> tuple[ExportedPolicy, Any, DictConfig, dict[str, Any]]:
+    """The checkpoint's online (or target) encoder and actor on the CPU, in eval mode, fp32; with
+    the env spec and config they were trained with."""
     from envs import EnvSettings, make_env
     from pixel_ddpg.agent import make_agent
     from pixel_ddpg.device import resolve_precision
@@ -65,14 +67,15 @@ def _policy_module(ckpt: dict[str, Any]) -> tuple[ExportedPolicy, Any, DictConfi
     precision = resolve_precision("cpu", "false", "bfloat16", "false")
     agent = make_agent(train_cfg.agent, spec, precision, int(train_cfg.seed))
     ckpt_io.restore_agent(agent, ckpt, env_sig)
-    module = ExportedPolicy(agent.encoder, agent.actor).eval().requires_grad_(False)
+    module = ExportedPolicy(*agent.policy_networks(target)).eval().requires_grad_(False)
     # Plain (NCHW) weights: torch.export.save groups channels-last weights badly (it warns "No
     # complete tensor found"); the input still goes channels-last inside the encoder, as in training.
     module = module.to(memory_format=torch.contiguous_format)
     return module, spec, train_cfg, env_sig
 
 
-def metadata(ckpt: dict[str, Any], spec: Any, train_cfg: DictConfig, env_sig: dict[str, Any]) -> dict[str, Any]:
+def metadata(ckpt: dict[str, Any], spec: Any, train_cfg: DictConfig, env_sig: dict[str, Any],
+             networks: str = "online") -> dict[str, Any]:
     """What a user of the file needs to feed it and trust it: observation spec, action bounds,
     the env and config it was trained on, and where it came from."""
     pixels = bool(spec.pixels)
@@ -90,6 +93,7 @@ def metadata(ckpt: dict[str, Any], spec: Any, train_cfg: DictConfig, env_sig: di
                 "render": str(train_cfg.render), "camera_id": int(train_cfg.env.camera_id)},
         "env_signature": env_sig,
         "checkpoint": str(ckpt["path"]), "checkpoint_frame": int(ckpt["counters"]["frame"]),
+        "networks": networks,
         "config": OmegaConf.to_container(train_cfg, resolve=True),
         "provenance": ckpt.get("provenance"),
         "exported_with": provenance.current(),
@@ -161,9 +165,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out)).expanduser()
     if out.suffix != ".pt2":
         raise UserError(f"out={out} must end in .pt2 (torch.export's archive)")
+    if cfg.networks is not None:
+        uses_target(cfg.networks, "networks")  # a bad value fails before the checkpoint loads
     ckpt = ckpt_io.load(cfg.checkpoint)
-    module, spec, train_cfg, env_sig = _policy_module(ckpt)
-    meta = metadata(ckpt, spec, train_cfg, env_sig)
+    networks, target = chosen_networks(cfg.networks, ckpt_io.checkpoint_config(ckpt))
+    module, spec, train_cfg, env_sig = _policy_module(ckpt, target)
+    meta = metadata(ckpt, spec, train_cfg, env_sig, networks)
     program = export_program(module, spec)
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={META_FILE: json.dumps(meta)})

@@ -43,9 +43,9 @@ COMPARISONS = ("all_steps", "tail_negligible", "bootstrapped")
 _ARRAYS = ("episode", "step", "q", "reward", "ret", "tail_weight", "tail_q")
 
 
-def critic_q(agent: Any, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
-    """Q1(s, a) of the agent's online encoder and critic for a batch, float64 on the host."""
-    q = agent.q1(torch.as_tensor(obs), torch.as_tensor(action, dtype=torch.float32))
+def critic_q(agent: Any, obs: np.ndarray, action: np.ndarray, target: bool = False) -> np.ndarray:
+    """Q1(s, a) of the agent's online (or target) encoder and critic for a batch, float64 on the host."""
+    q = agent.q1(torch.as_tensor(obs), torch.as_tensor(action, dtype=torch.float32), target=target)
     return q.cpu().numpy().astype(np.float64).reshape(-1)
 
 
@@ -120,8 +120,9 @@ class QRecorder:
     run_episodes stops without acting on the final episode's last observation.
     """
 
-    def __init__(self, agent: Any, num_envs: int, gamma: float) -> None:
-        self.agent, self.num_envs, self.gamma = agent, num_envs, float(gamma)
+    def __init__(self, agent: Any, num_envs: int, gamma: float, target: bool = False) -> None:
+        # target: the policy acts with the target networks, so the target critic judges its actions
+        self.agent, self.num_envs, self.gamma, self.target = agent, num_envs, float(gamma), target
         self._policy: Policy | None = None
         self._pending: np.ndarray | None = None
         self._open: list[list[tuple[float, float]]] = [[] for _ in range(num_envs)]
@@ -132,7 +133,7 @@ class QRecorder:
 
         def act(obs: np.ndarray, first: np.ndarray) -> np.ndarray:
             action = policy(obs, first)
-            self._pending = critic_q(self.agent, obs, action)
+            self._pending = critic_q(self.agent, obs, action, self.target)
             return action
 
         return act
@@ -145,7 +146,7 @@ class QRecorder:
         last = np.flatnonzero(step.last)
         if last.size:
             assert self._policy is not None
-            tail = critic_q(self.agent, step.obs, self._policy(step.obs, step.first))  # whole batch: one shape
+            tail = critic_q(self.agent, step.obs, self._policy(step.obs, step.first), self.target)  # whole batch: one shape
             for i in last:
                 qs, rs = zip(*self._open[i]) if self._open[i] else ((), ())
                 terminated = bool(step.terminated[i])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from envs import EnvStep, VecEnv
+from pixel_ddpg.errors import UserError
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs, first) -> actions
 
@@ -38,12 +40,37 @@ class EpisodeResults:
         return float(np.mean(np.asarray(self.returns) > 0)) if self.returns else float("nan")
 
 
-def agent_policy(agent: object, device: torch.device) -> Policy:
-    """Deterministic actions from the agent (no noise, batch-norm running statistics)."""
+# Which encoder and actor evaluation acts with: the online ones, or the target (Polyak-averaged) copies.
+NETWORKS = ("online", "target")
+
+
+def uses_target(networks: object, key: str = "eval.networks") -> bool:
+    """True for ``target``; ``online`` (or None: a config from before the key existed) is False.
+    Anything else is refused here, before an env or a checkpoint is touched."""
+    if networks is None:
+        return False
+    if networks not in NETWORKS:
+        raise UserError(f"{key}={networks!r}: must be one of {', '.join(NETWORKS)}")
+    return networks == "target"
+
+
+def chosen_networks(override: object, train_cfg: Any) -> tuple[str, bool]:
+    """(name, target) of the networks evaluate and export act with: ``networks=`` when given, else
+    the run's own ``eval.networks``, so the file a user ships is the policy its evaluations scored."""
+    if override is not None:
+        return str(override), uses_target(override, "networks")
+    networks = train_cfg.eval.get("networks") or "online"
+    return str(networks), uses_target(networks, "the checkpoint's eval.networks")
+
+
+def agent_policy(agent: object, device: torch.device, target: bool = False) -> Policy:
+    """Deterministic actions from the agent (no noise, batch-norm running statistics); ``target``
+    acts with the Polyak-averaged encoder and actor."""
 
     def act(obs: np.ndarray, first: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            action = agent.act(torch.as_tensor(obs, device=device), explore=False)  # type: ignore[attr-defined]
+            action = agent.act(torch.as_tensor(obs, device=device), explore=False,  # type: ignore[attr-defined]
+                               target=target)
         return action.float().cpu().numpy()
 
     return act

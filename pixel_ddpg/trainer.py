@@ -31,7 +31,7 @@ from pixel_ddpg.device import resolve_compute, usable_cores
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
 from pixel_ddpg.replay import ReplayBuffer, make_replay
-from pixel_ddpg.rollout import EpisodeResults, agent_policy, run_episodes
+from pixel_ddpg.rollout import EpisodeResults, agent_policy, run_episodes, uses_target
 from pixel_ddpg.runlog import RunLog
 from pixel_ddpg.staging import HostStaging
 
@@ -76,6 +76,7 @@ def check_counts(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{key}={value} must be zero or a positive whole number")
     updates_per_step(cfg)
+    uses_target(cfg.eval.get("networks"))
 
 
 FRAMES_PER_UPDATE_AUTO = "auto"
@@ -576,7 +577,8 @@ class Trainer:
             done += int(step.last.sum())
             self.log.progress.note(f"eval @ {c.frame:,} frames: {min(done, episodes)}/{episodes} episodes done")
 
-        res = run_episodes(self.eval_env, agent_policy(self.agent, self.device), episodes, on_step=on_step,
+        policy = agent_policy(self.agent, self.device, target=uses_target(cfg.eval.get("networks")))
+        res = run_episodes(self.eval_env, policy, episodes, on_step=on_step,
                            should_stop=lambda: self._stop_signal is not None)
         if res.stopped:
             return None

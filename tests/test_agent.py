@@ -100,6 +100,24 @@ def test_polyak_update_matches_formula():
         torch.testing.assert_close(t1, t0 + 0.3 * (o - t0), rtol=1e-6, atol=1e-7)
 
 
+def test_target_acting_is_the_polyak_copies_acting_and_never_explores():
+    """Evaluation's ``networks=target``: μ of the target encoder and actor, which lag the online ones."""
+    a = agent("agent.tau=0.3", "agent.actor_delay=1")
+    for seed in range(3):
+        a.update(batch(seed=seed))
+    obs = batch(seed=9).obs
+    online, target = a.act(obs, explore=False), a.act(obs, explore=False, target=True)
+    assert not torch.allclose(online, target)  # three updates apart at tau 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(target, a.target_actor(a.target_encoder(obs).float()))
+        torch.testing.assert_close(a.q1(obs, target, target=True),
+                                   a.target_critic(a.target_encoder(obs).float(), target)[0])
+    assert a.policy_networks(target=True) == (a.target_encoder, a.target_actor)
+    assert a.policy_networks() == (a.encoder, a.actor)
+    with pytest.raises(ValueError, match="only evaluate"):
+        a.act(obs, explore=True, target=True)
+
+
 def test_update_returns_detached_tensors():
     out = agent().update(batch())
     assert {"critic_loss", "actor_loss", "q"} <= set(out)
@@ -298,6 +316,8 @@ def test_compiled_and_eager_agree():
                                rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(compiled.act(b.obs[:3], explore=False), eager.act(b.obs[:3], explore=False),
                                rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled.act(b.obs[:3], explore=False, target=True),
+                               eager.act(b.obs[:3], explore=False, target=True), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ acting and noise

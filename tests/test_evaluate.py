@@ -78,6 +78,32 @@ def test_strip_holds_the_first_episodes_renders_at_evenly_spread_frames(pixel_ru
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
+def test_networks_target_scores_what_the_polyak_copies_score_as_the_online_networks(pixel_run):
+    """``networks=target`` (the default out dir gains ``_target``) acts as the checkpoint would if its
+    target encoder and actor were its online ones, and the target critic judges its actions."""
+    from envs import EnvSettings
+    from pixel_ddpg.agent import make_agent
+    from pixel_ddpg.device import resolve_precision
+    from pixel_ddpg.rollout import agent_policy
+
+    proc = evaluate(f"checkpoint={pixel_run}", "episodes=2", "num_envs=2", "seed=5", "video=false", "networks=target")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((pixel_run / "eval" / "frame_120_target" / "eval.json").read_text())
+    assert summary["networks"] == "target" and summary["q"]["all_steps"]["steps"] == 20
+    ckpt = ckpt_io.load(pixel_run)
+    cfg = ckpt_io.checkpoint_config(ckpt)
+    assert cfg.eval.networks == "online"  # the run's own evaluations: the default
+    settings = EnvSettings.from_config(cfg, num_envs=2, seed=5)
+    precision = resolve_precision("cpu", "false", "bfloat16", "false")
+    with make_env(settings) as env:
+        a = make_agent(cfg.agent, env.spec, precision, 0)
+        ckpt_io.restore_agent(a, ckpt, ckpt_io.env_signature(settings, env.spec), generator=False)
+        a.encoder.load_state_dict(a.target_encoder.state_dict())
+        a.actor.load_state_dict(a.target_actor.state_dict())
+        swapped = run_episodes(env, agent_policy(a, precision.device), 2).returns
+    np.testing.assert_allclose(summary["returns"], swapped, rtol=1e-6)
+
+
 def test_random_policy_return_equals_the_env_for_the_same_seed_and_actions():
     s = tiny(PAPER, num_envs=2, seed=11)
     actions = np.random.default_rng(0).uniform(-1, 1, size=(40, 2, 1))
@@ -102,6 +128,7 @@ def test_bad_input_is_one_clear_line(pixel_run, tmp_path):
         ([f"checkpoint={pixel_run}", "episodes=0"], "episodes=0"),
         ([f"checkpoint={pixel_run}", "out_dir=/proc/forbidden"], "not writable"),
         ([f"checkpoint={pixel_run}", "q_tail_tolerance=2"], "q_tail_tolerance=2"),
+        ([f"checkpoint={pixel_run}", "networks=best"], "networks='best': must be one of online, target"),
     ]
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")

@@ -121,6 +121,32 @@ def test_evaluate_on_the_exported_file_reproduces_the_checkpoints_returns(export
     assert json.loads((tmp_path / "b" / "eval.json").read_text())["checkpoint"] == str(exported["out"])
 
 
+def test_networks_target_exports_the_polyak_averaged_encoder_and_actor(exported, tmp_path):
+    from envs import EnvSettings, make_env
+    from pixel_ddpg.agent import make_agent
+    from pixel_ddpg.device import resolve_precision
+    from pixel_ddpg.export import export, load_exported
+
+    out = tmp_path / "target.pt2"
+    export(compose([f"checkpoint={exported['run']}", f"out={out}", "networks=target", "onnx=false"],
+                   config_name="export"))
+    module, meta = load_exported(out)
+    assert meta["networks"] == "target" and load_exported(exported["out"])[1]["networks"] == "online"
+    ckpt = ckpt_io.load(exported["run"])
+    cfg = ckpt_io.checkpoint_config(ckpt)
+    obs = np.load(exported["root"] / "recorded.npz")["obs"]
+    with make_env(EnvSettings.from_config(cfg, num_envs=2, seed=7)) as env:
+        agent = make_agent(cfg.agent, env.spec, resolve_precision("cpu", "false", "bfloat16", "false"), 0)
+    agent.load_state_dict(ckpt["agent"])
+    want = agent.act(torch.as_tensor(obs), explore=False, target=True).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.as_tensor(obs)).numpy(), want, atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="networks='ema': must be one of online, target"):
+        export(compose([f"checkpoint={exported['run']}", f"out={tmp_path / 'x.pt2'}", "networks=ema"],
+                       config_name="export"))
+    assert not (tmp_path / "x.pt2").exists()
+
+
 def test_bad_requests_are_one_line(tmp_path, exported):
     from pixel_ddpg.export import export, load_exported
 

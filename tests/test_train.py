@@ -172,6 +172,7 @@ def test_same_seed_gives_identical_first_losses(tmp_path):
     (["device=cuda"], "no CUDA GPU"),
     (["resume=/nonexistent/run"], "does not exist"),
     (["env=nope"], "env='nope' is not known"),
+    (["eval.networks=polyak"], "eval.networks='polyak': must be one of online, target"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, overrides, needle):
     if "device=cuda" in overrides and __import__("torch").cuda.is_available():
