@@ -213,3 +213,24 @@ def test_updates_wait_for_real_transitions_even_without_warmup(tmp_path):
     run = tmp_path / "run"
     train(run, "obs=state", "num_envs=16", "warmup_frames=0", "total_frames=160", "log.every_frames=16")
     assert any(r["critic_loss"] for r in rows(run / "train.csv"))
+
+
+def test_eval_networks_target_is_what_the_training_evaluations_act_with(tmp_path, monkeypatch):
+    """``eval.networks=target``: every training evaluation acts with the Polyak-averaged encoder and
+    actor, and the checkpoint's config says so (evaluate and export follow it)."""
+    from pixel_ddpg import trainer as trainer_mod
+    from pixel_ddpg.config import compose
+
+    seen = []
+    real = trainer_mod.agent_policy
+
+    def spy(agent, device, target=False):
+        seen.append(target)
+        return real(agent, device, target=target)
+
+    monkeypatch.setattr(trainer_mod, "agent_policy", spy)
+    run = tmp_path / "run"
+    run.mkdir()
+    trainer_mod.Trainer(compose([*TINY, "obs=state", "total_frames=120", "eval.networks=target"]), run).train()
+    assert seen == [True, True]  # frame 0 and frame 120
+    assert ckpt_io.checkpoint_config(ckpt_io.load(run)).eval.networks == "target"
