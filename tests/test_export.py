@@ -145,6 +145,11 @@ def test_networks_target_exports_the_polyak_averaged_encoder_and_actor(exported,
         export(compose([f"checkpoint={exported['run']}", f"out={tmp_path / 'x.pt2'}", "networks=ema"],
                        config_name="export"))
     assert not (tmp_path / "x.pt2").exists()
+    from pixel_ddpg.evaluate import evaluate
+
+    with pytest.raises(UserError, match="exported policy, which holds the one set of networks chosen at export"):
+        evaluate(compose([f"checkpoint={out}", "networks=online", f"out_dir={tmp_path / 'ev'}"], config_name="evaluate"))
+    assert not (tmp_path / "ev").exists()
 
 
 def test_bad_requests_are_one_line(tmp_path, exported):
