@@ -34,8 +34,9 @@ def test_names_cameras_and_repeats():
     assert (env.task_id, env.camera_id, env.action_repeat) == ("QuadrupedRun-v1", 2, 2)
     env = compose(["env=dmc", "env.task=humanoid_cmu_walk"]).env  # any case; dm_control's spelling kept
     assert (env.name, env.task_id, env.camera_id) == ("humanoid_CMU_walk", "HumanoidCMUWalk-v1", 0)
-    assert compose(["env=dmc", "env.task=reacher_hard"]).obs.action_repeat == 4
     # A task's own repeat (measured on that task) leaves its domain's others at the benchmark's.
+    assert compose(["env=dmc", "env.task=reacher_easy"]).obs.action_repeat == 2
+    assert compose(["env=dmc", "env.task=reacher_hard"]).obs.action_repeat == 4
     assert compose(["env=dmc", "env.task=walker_walk"]).env.action_repeat == 4
     assert compose(["env=dmc", "env.task=walker_run"]).env.action_repeat == 2
     assert compose(["env=dmc", "env.task=cartpole_balance"]).env.action_repeat == 8
