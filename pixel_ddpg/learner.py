@@ -20,6 +20,7 @@ ENCODER_TYPES = ("paper", "drqv2")
 INITS = ("paper", "orthogonal")
 ACTOR_Q = ("q1", "min")
 CRITIC_LOSSES = ("mse", "huber", "hlgauss")
+CRITIC_NORMS = ("none", "layer")
 
 
 def _ints(values: Any, key: str) -> tuple[int, ...]:
@@ -155,6 +156,7 @@ class LearnerSettings:
     hidden: tuple[int, ...]  # agent.pixel_hidden or agent.state_hidden
     final_init: float  # agent.final_init_pixels or agent.final_init_state
     batch_norm: bool
+    critic_norm: str  # none | layer (CRITIC_NORMS): a LayerNorm after each hidden layer of the Q heads
     init: str  # paper | orthogonal (INITS)
     twin_q: bool
     target_policy_noise: float
@@ -224,6 +226,12 @@ class LearnerSettings:
         if feature_dim is not None and feature_dim < 1:
             raise ConfigError(f"agent.encoder.feature_dim={feature_dim} must be positive")
         center = _flag(enc.get("center", False), "agent.encoder.center")  # older configs: [0, 1] input
+        critic_norm = str(c.get("critic_norm", "none"))  # older configs: no normalisation in the Q heads
+        if critic_norm not in CRITIC_NORMS:
+            raise ConfigError(f"agent.critic_norm={critic_norm!r} is not known; choose one of {list(CRITIC_NORMS)}")
+        if critic_norm != "none" and bool(c.batch_norm):
+            raise ConfigError("agent.critic_norm=layer and agent.batch_norm=true both normalise the critic's "
+                              "hidden layers; choose one")
         init = str(c.get("init", "paper"))  # older configs: the paper's init
         if init not in INITS:
             raise ConfigError(f"agent.init={init!r} is not known; choose one of {list(INITS)}")
@@ -231,7 +239,7 @@ class LearnerSettings:
             pixels=pixels, sampling=sampling, tau=tau, actor_lr=float(c.actor_lr), critic_lr=float(c.critic_lr),
             critic_weight_decay=float(c.critic_weight_decay), encoder_lr=encoder_lr, adam_eps=adam_eps, hidden=hidden,
             final_init=float(c.final_init_pixels if pixels else c.final_init_state), batch_norm=bool(c.batch_norm),
-            init=init, twin_q=bool(c.twin_q), target_policy_noise=float(c.target_policy_noise),
+            critic_norm=critic_norm, init=init, twin_q=bool(c.twin_q), target_policy_noise=float(c.target_policy_noise),
             target_noise_clip=float(c.target_noise_clip), actor_delay=actor_delay,
             target_noise_schedule=bool(c.get("target_noise_schedule", False)), actor_noise=bool(c.get("actor_noise", False)),
             actor_q=actor_q, critic_loss=critic_loss, huber_delta=huber_delta, hlgauss=hlgauss, target_encoder=bool(c.get("target_encoder", True)),
@@ -256,6 +264,8 @@ class LearnerSettings:
         else:
             sig["encoder"] = None
         sig["hidden"] = list(self.hidden)
+        if self.critic_norm != "none":  # only when on: signatures of earlier checkpoints still match
+            sig["critic_norm"] = self.critic_norm
         if self.hlgauss is not None:  # only when on: signatures of scalar critics' checkpoints still match
             h = self.hlgauss
             support = q_range if q_range is not None else h.v_range

@@ -57,13 +57,15 @@ def _linear(in_dim: int, out_dim: int, bound: float | None = None) -> nn.Linear:
     return layer
 
 
-def _mlp(in_dim: int, widths: list[int], batch_norm: bool) -> tuple[list[nn.Module], int]:
-    """Linear → (BatchNorm1d) → ReLU per width; returns the layers and the output width."""
+def _mlp(in_dim: int, widths: list[int], batch_norm: bool, layer_norm: bool = False) -> tuple[list[nn.Module], int]:
+    """Linear → (BatchNorm1d or LayerNorm) → ReLU per width; returns the layers and the output width."""
     layers: list[nn.Module] = []
     for width in widths:
         layers.append(_linear(in_dim, width))
         if batch_norm:
             layers.append(nn.BatchNorm1d(width))
+        elif layer_norm:
+            layers.append(nn.LayerNorm(width))
         layers.append(nn.ReLU())
         in_dim = width
     return layers, in_dim
@@ -170,20 +172,22 @@ class Actor(nn.Module):
 
 class QHead(nn.Module):
     """One Q function. ``pre``: the layers before the action joins (the paper's first FC layer;
-    none after a DrQ-v2 trunk, whose every hidden layer sees the action). ``post``: the rest."""
+    none after a DrQ-v2 trunk, whose every hidden layer sees the action). ``post``: the rest.
+    ``layer_norm``: a LayerNorm after every hidden Linear (``agent.critic_norm: layer``), the
+    normalised critic of recent sample-efficient actor-critics (e.g. Nauman et al. 2024, "BRO")."""
 
     def __init__(self, feature_in: int, action_dim: int, hidden: list[int], has_trunk: bool, batch_norm: bool,
-                 final_init: float, out_dim: int = 1) -> None:
+                 final_init: float, out_dim: int = 1, layer_norm: bool = False) -> None:
         super().__init__()
         self.out_dim = out_dim
         if has_trunk:
             self.pre: nn.Module | None = None
             dim, rest = feature_in, hidden
         else:
-            layers, dim = _mlp(feature_in, hidden[:1], batch_norm)
+            layers, dim = _mlp(feature_in, hidden[:1], batch_norm, layer_norm)
             self.pre = nn.Sequential(*layers)
             rest = hidden[1:]
-        layers, width = _mlp(dim + action_dim, rest, False)
+        layers, width = _mlp(dim + action_dim, rest, False, layer_norm)
         self.post = nn.Sequential(*layers, _linear(width, out_dim, final_init))
 
     def forward(self, feat: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -200,13 +204,14 @@ class Critic(nn.Module):
     head then outputs one logit per bin and Q is the softmax's mean over the bin centres."""
 
     def __init__(self, feature_in: int, action_dim: int, hidden: list[int], trunk_dim: int | None, batch_norm: bool,
-                 final_init: float, twin: bool, support: torch.Tensor | None = None) -> None:
+                 final_init: float, twin: bool, support: torch.Tensor | None = None,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         self.trunk = _trunk(feature_in, trunk_dim) if trunk_dim else None
         dim = trunk_dim or feature_in
         out_dim = 1 if support is None else int(support.numel()) - 1
         self.heads = nn.ModuleList(QHead(dim, action_dim, hidden, self.trunk is not None, batch_norm, final_init,
-                                         out_dim) for _ in range(2 if twin else 1))
+                                         out_dim, layer_norm) for _ in range(2 if twin else 1))
         self.categorical = support is not None
         # From the config and the env, not from a checkpoint (whose signature must match): non-persistent.
         # A scalar critic has none.
@@ -245,7 +250,7 @@ def build_networks(settings: LearnerSettings, obs_shape: tuple[int, ...], action
             raise ValueError("a categorical critic (critic_loss hlgauss) needs q_range, its support")
         support = torch.linspace(q_range[0], q_range[1], settings.hlgauss.bins + 1)
     critic = Critic(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, settings.twin_q,
-                    support)
+                    support, settings.critic_norm == "layer")
     if settings.init == "orthogonal":
         for net in (encoder, actor, critic):
             orthogonal_init_(net)

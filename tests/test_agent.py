@@ -423,6 +423,41 @@ def test_config_signature_is_plain_and_compares():
     assert hl["critic_bins"]["range"] == pytest.approx([-100.0, 100.0])  # the support its logits mean (repeat 1)
     assert agent("agent.critic_loss=hlgauss", "agent.hlgauss.range=[-10,10]").config_signature() != hl
     assert agent("agent.critic_loss=huber").config_signature() == sig  # the same networks
+    assert agent("agent.critic_norm=layer").config_signature() != sig  # LayerNorm weights in the Q heads
+    assert agent("agent.critic_norm=none").config_signature() == sig
+
+
+@pytest.mark.parametrize("twin", ["false", "true"])
+def test_critic_norm_layer_normalises_every_hidden_layer_of_each_q_head_only(twin):
+    a = agent("agent.critic_norm=layer", f"agent.twin_q={twin}", seed=1)
+    plain = agent(f"agent.twin_q={twin}", seed=1)
+    critic = a._online[2]
+    for head in critic.heads:
+        mods = [m for part in (head.pre, head.post) if part is not None for m in part]
+        linears = [i for i, m in enumerate(mods) if isinstance(m, torch.nn.Linear)]
+        # every Linear but the output is followed by a LayerNorm of its width, then the ReLU
+        for i in linears[:-1]:
+            assert isinstance(mods[i + 1], torch.nn.LayerNorm) and mods[i + 1].normalized_shape == (mods[i].out_features,)
+            assert isinstance(mods[i + 2], torch.nn.ReLU)
+        assert not isinstance(mods[-1], torch.nn.LayerNorm)
+    n_heads = len(critic.heads)
+    n_ln = sum(isinstance(m, torch.nn.LayerNorm) for m in critic.modules())
+    n_ln_plain = sum(isinstance(m, torch.nn.LayerNorm) for m in plain._online[2].modules())
+    assert n_ln - n_ln_plain == n_heads * len(a.settings.hidden)
+    # the actor and encoder are untouched
+    for i in (0, 1):
+        assert [type(m) for m in a._online[i].modules()] == [type(m) for m in plain._online[i].modules()]
+    b = batch()
+    for _ in range(2):
+        out = a.update(b)
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_critic_norm_bad_value_or_with_batch_norm_is_a_config_error():
+    with pytest.raises(ConfigError, match="critic_norm"):
+        agent("agent.critic_norm=group")
+    with pytest.raises(ConfigError, match="critic_norm"):
+        agent("agent.critic_norm=layer", "agent.batch_norm=true")
 
 
 def test_bad_config_is_a_config_error():
