@@ -181,14 +181,17 @@ def episode_stats(returns: list[float]) -> dict[str, float]:
 
 def describe_critic_loss(learner: LearnerSettings, spec: Any) -> str:
     """The critic's loss where it is not DDPG's MSE: a Huber critic weighs large TD errors less; a
-    categorical one's loss is a cross-entropy, so its critic_loss column is not a squared error."""
+    categorical one's loss is a cross-entropy, so its critic_loss column is not a squared error. A
+    LayerNorm critic (``critic_norm: layer``) is named too: the same loss, another network."""
+    norm = ", LayerNorm critic" if learner.critic_norm == "layer" else ""
     if learner.critic_loss == "huber":
-        return f", Huber critic loss (delta {learner.huber_delta:g})"
+        return f"{norm}, Huber critic loss (delta {learner.huber_delta:g})"
     if learner.hlgauss is not None:
         h = learner.hlgauss
         lo, hi = h.resolved_range(spec.action_repeat, learner.sampling.gamma)
-        return f", categorical critic (HL-Gauss cross-entropy, {h.bins} bins over [{lo:g}, {hi:g}], sigma {h.sigma:g} bins)"
-    return ""
+        return (f"{norm}, categorical critic (HL-Gauss cross-entropy, {h.bins} bins over [{lo:g}, {hi:g}], "
+                f"sigma {h.sigma:g} bins)")
+    return norm
 
 
 def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:

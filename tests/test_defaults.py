@@ -210,7 +210,7 @@ def test_the_start_up_line_says_when_the_actor_climbs_a_noisy_sample_or_the_min_
     assert describe_actor_loss(LearnerSettings.from_config(only_min, pixels=True)) == ", actor on min(Q1, Q2)"
 
 
-def test_the_start_up_line_says_when_the_critic_loss_is_huber():
+def test_the_start_up_line_says_when_the_critic_loss_or_network_is_not_the_default():
     spec = SimpleNamespace(action_repeat=4)
     plain = LearnerSettings.from_config(compose(["env=cheetah"]).agent, pixels=True)
     assert describe_critic_loss(plain, spec) == ""  # DDPG's MSE
@@ -219,6 +219,11 @@ def test_the_start_up_line_says_when_the_critic_loss_is_huber():
     hl = LearnerSettings.from_config(compose(["env=cheetah", "agent.critic_loss=hlgauss"]).agent, pixels=True)
     assert describe_critic_loss(hl, spec) == (
         ", categorical critic (HL-Gauss cross-entropy, 201 bins over [-400, 400], sigma 0.75 bins)")
+    ln = LearnerSettings.from_config(compose(["env=cheetah", "agent.critic_norm=layer"]).agent, pixels=True)
+    assert describe_critic_loss(ln, spec) == ", LayerNorm critic"
+    ln_huber = compose(["env=cheetah", "agent.critic_norm=layer", "agent.critic_loss=huber"]).agent
+    assert describe_critic_loss(LearnerSettings.from_config(ln_huber, pixels=True), spec) == (
+        ", LayerNorm critic, Huber critic loss (delta 1)")
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
