@@ -179,19 +179,22 @@ def episode_stats(returns: list[float]) -> dict[str, float]:
     return {"episode_return": r.mean, "episode_return_max": r.max, "rewarded": r.rewarded_share}
 
 
+def describe_critic_net(learner: LearnerSettings) -> str:
+    """The critic's network where it is not the plain MLP: a LayerNorm critic (``critic_norm: layer``)
+    learns another curve from the same loss, so the line names it."""
+    return ", LayerNorm critic" if learner.critic_norm == "layer" else ""
+
+
 def describe_critic_loss(learner: LearnerSettings, spec: Any) -> str:
     """The critic's loss where it is not DDPG's MSE: a Huber critic weighs large TD errors less; a
-    categorical one's loss is a cross-entropy, so its critic_loss column is not a squared error. A
-    LayerNorm critic (``critic_norm: layer``) is named too: the same loss, another network."""
-    norm = ", LayerNorm critic" if learner.critic_norm == "layer" else ""
+    categorical one's loss is a cross-entropy, so its critic_loss column is not a squared error."""
     if learner.critic_loss == "huber":
-        return f"{norm}, Huber critic loss (delta {learner.huber_delta:g})"
+        return f", Huber critic loss (delta {learner.huber_delta:g})"
     if learner.hlgauss is not None:
         h = learner.hlgauss
         lo, hi = h.resolved_range(spec.action_repeat, learner.sampling.gamma)
-        return (f"{norm}, categorical critic (HL-Gauss cross-entropy, {h.bins} bins over [{lo:g}, {hi:g}], "
-                f"sigma {h.sigma:g} bins)")
-    return norm
+        return f", categorical critic (HL-Gauss cross-entropy, {h.bins} bins over [{lo:g}, {hi:g}], sigma {h.sigma:g} bins)"
+    return ""
 
 
 def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_step: float) -> str:
@@ -203,7 +206,7 @@ def describe_setup(cfg: DictConfig, spec: Any, learner: LearnerSettings, per_ste
            if spec.pixels else f"state ({spec.obs_shape[0]} floats)")
     return (f"learner: agent={a.name} (batch {sampling.batch_size}, {per_step:g} updates per agent step = one per "
             f"{spec.action_repeat / per_step:g} frames, {'twin Q' if learner.twin_q else 'one Q'}, {sampling.nstep}-step "
-            f"returns, {describe_noise(learner.noise)}{describe_guard(learner)}{describe_actor_loss(learner)}{describe_critic_loss(learner, spec)}); observation: {obs}, action repeat {spec.action_repeat}")
+            f"returns, {describe_noise(learner.noise)}{describe_guard(learner)}{describe_actor_loss(learner)}{describe_critic_net(learner)}{describe_critic_loss(learner, spec)}); observation: {obs}, action repeat {spec.action_repeat}")
 
 
 def planned_updates(cfg: DictConfig, frame: int = 0) -> int:

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from pixel_ddpg.config import compose
 from pixel_ddpg.errors import UserError
 from pixel_ddpg.learner import LearnerSettings, NoiseSettings
-from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_actor_loss, describe_critic_loss, describe_guard, describe_noise, planned_updates,
-                                updates_per_step)
+from pixel_ddpg.trainer import (check_counts, choose_frames_per_update, describe_actor_loss, describe_critic_loss, describe_critic_net, describe_guard, describe_noise,
+                                describe_setup, planned_updates, updates_per_step)
 
 # PlaNet's (and DrQ's) action repeats for its six tasks.
 PLANET_REPEATS = {"cartpole": 8, "reacher": 4, "cheetah": 4, "ball_in_cup": 4, "finger": 2, "walker": 2}
@@ -219,11 +219,16 @@ def test_the_start_up_line_says_when_the_critic_loss_or_network_is_not_the_defau
     hl = LearnerSettings.from_config(compose(["env=cheetah", "agent.critic_loss=hlgauss"]).agent, pixels=True)
     assert describe_critic_loss(hl, spec) == (
         ", categorical critic (HL-Gauss cross-entropy, 201 bins over [-400, 400], sigma 0.75 bins)")
+    assert describe_critic_net(plain) == ""  # the plain MLP critic
     ln = LearnerSettings.from_config(compose(["env=cheetah", "agent.critic_norm=layer"]).agent, pixels=True)
-    assert describe_critic_loss(ln, spec) == ", LayerNorm critic"
+    assert describe_critic_net(ln) == ", LayerNorm critic"
+    assert describe_critic_loss(ln, spec) == ""  # the same MSE
     ln_huber = compose(["env=cheetah", "agent.critic_norm=layer", "agent.critic_loss=huber"]).agent
-    assert describe_critic_loss(LearnerSettings.from_config(ln_huber, pixels=True), spec) == (
-        ", LayerNorm critic, Huber critic loss (delta 1)")
+    ln_huber = LearnerSettings.from_config(ln_huber, pixels=True)
+    spec_px = SimpleNamespace(action_repeat=4, obs_shape=(9, 64, 64), pixels=True, frame_stack=3)
+    line = describe_setup(compose(["env=cheetah", "agent.critic_norm=layer", "agent.critic_loss=huber"]), spec_px,
+                          ln_huber, 1.0)
+    assert ", LayerNorm critic, Huber critic loss (delta 1)); observation:" in line
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
