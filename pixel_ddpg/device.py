@@ -157,7 +157,8 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> tu
 
 def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloat16", compile: object = "auto", *,
                       planned_updates: int | None = None, compile_min_updates: int = 0,
-                      flags: frozenset[str] | None = None, cuda_graphs: object = "auto") -> Precision:
+                      flags: frozenset[str] | None = None, cuda_graphs: object = "auto",
+                      planned_is_floor: bool = False) -> Precision:
     """``amp=auto``: bf16 only where native; ``compile=auto``: CUDA when Triton has what it needs
     (:func:`triton_missing`), CPU when the run is long enough.
 
@@ -165,7 +166,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
     (AMX Xeon, AVX2 EPYC) but a batch-128 twin-Q update 0.92x as fast on another AVX2 EPYC
     (docs/benchmarks.md), so it pays back, if at all, only past a few thousand updates:
     ``compile_min_updates`` (conf) is that threshold and ``planned_updates`` the run's count
-    (None: unknown, compile); above it the returned precision is ``timed``, and the trainer
+    (None: unknown, compile; ``planned_is_floor``: the count of ``frames_per_update=auto``'s cheapest
+    choice, which the start-up timing may raise); above it the returned precision is ``timed``, and the trainer
     times compiled against eager updates on this machine (``DDPGAgent.time_compiled_and_eager``). Without a C++ compiler (:func:`cpu_compiler`) a CPU run
     stays eager. ``cuda_graphs=auto``: on exactly when the update compiles on CUDA, where a small
     update is bound by kernel launches; CUDA graphs do not exist on a CPU.
@@ -200,7 +202,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
             # Compiled updates ran 1.2-1.8x faster on some CPUs and 0.92x on another (docs/benchmarks.md):
             # compile, and let the trainer time both on this machine before the first update.
             use_compile, timed = True, True
-            count = "" if planned_updates is None else f"{planned_updates:,} updates planned, "
+            floor = "at least " if planned_is_floor else ""
+            count = "" if planned_updates is None else f"{floor}{planned_updates:,} updates planned, "
             reasons.append(f"compile=auto: {count}{TIMED_AT_START}")
     elif use_compile and dev.type == "cuda" and (missing := triton_missing()):
         raise UserError(f"compile=true on CUDA needs what Triton compiles with, and this machine lacks "
@@ -255,11 +258,13 @@ def set_cpu_threads(device: torch.device, threads: object = "auto", env_threads:
     return threads
 
 
-def resolve_compute(cfg: Any, settings: EnvSettings, planned_updates: int | None) -> tuple[Precision, int, int]:
+def resolve_compute(cfg: Any, settings: EnvSettings, planned_updates: int | None,
+                    planned_is_floor: bool = False) -> tuple[Precision, int, int]:
     """What a run computes with, from its config: the precision (:func:`resolve_precision`), then
     EnvPool's threads (:meth:`~envs.EnvSettings.envpool_threads`, one on a software rasterizer) and
     torch's (:func:`set_cpu_threads`, which sets them); returns ``(precision, env_threads,
-    torch_threads)``. ``planned_updates``: the run's, for ``compile=auto``.
+    torch_threads)``. ``planned_updates``: the run's, for ``compile=auto`` (``planned_is_floor``: a
+    lower bound, ``frames_per_update=auto``'s cheapest choice).
 
     The trainer and the benchmark (which times what the trainer would run) both start here.
     Configs saved before ``compile_min_updates``, ``cuda_graphs`` and ``torch_threads`` existed
@@ -268,7 +273,7 @@ def resolve_compute(cfg: Any, settings: EnvSettings, planned_updates: int | None
 
     precision = resolve_precision(cfg.device, cfg.amp, cfg.amp_dtype, cfg.compile, planned_updates=planned_updates,
                                   compile_min_updates=int(cfg.get("compile_min_updates", 0)),
-                                  cuda_graphs=cfg.get("cuda_graphs", "auto"))
+                                  cuda_graphs=cfg.get("cuda_graphs", "auto"), planned_is_floor=planned_is_floor)
     env_threads = settings.envpool_threads(settings.pixels and software_rendering())
     torch_threads = set_cpu_threads(precision.device, cfg.get("torch_threads", "auto"), env_threads=env_threads)
     return precision, env_threads, torch_threads

@@ -309,7 +309,8 @@ class Trainer:
         self.settings = EnvSettings.from_config(cfg, seed=env_seed)
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
         self.precision, self.env_threads, self.torch_threads = resolve_compute(
-            cfg, self.settings, planned_updates(cfg, self.counters.frame))
+            cfg, self.settings, planned_updates(cfg, self.counters.frame),
+            planned_is_floor=auto_frames_per_update(cfg) is not None)
         self.device = self.precision.device
         self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
         torch.manual_seed(cfg.seed)

@@ -39,6 +39,16 @@ def test_compile_auto_on_cpu_only_when_the_run_repays_compiling(planned, compile
         assert "repay ~30 s of compiling" in p.why
 
 
+def test_compile_auto_says_when_the_planned_count_is_only_a_floor():
+    """frames_per_update=auto plans with its cheapest choice until the start-up timing picks one,
+    so the start-up line must not state that count as the run's."""
+    kwargs = dict(compile="auto", planned_updates=12_000, compile_min_updates=10_000, flags=XEON_AMX)
+    if device.cpu_compiler() is None:
+        pytest.skip("no C++ compiler: compile=auto stays eager before it counts updates")
+    assert "compile=auto: at least 12,000 updates planned, " in resolve_precision("cpu", "false", planned_is_floor=True, **kwargs).why
+    assert "compile=auto: 12,000 updates planned, " in resolve_precision("cpu", "false", **kwargs).why
+
+
 def test_compile_auto_stays_eager_on_a_cpu_without_a_cpp_compiler(monkeypatch):
     """torch.compile's CPU backend calls $CXX or g++: a machine without one would fail at the first update."""
     monkeypatch.setenv("CXX", "no-such-compiler-here")
