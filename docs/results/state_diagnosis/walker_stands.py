@@ -28,6 +28,7 @@ GROUPS = {
     "OU σ 0.3 (seed 1)": ["walker_walk-state-ou0.3-seed1"],
     "Gaussian 0.2, constant (seeds 1-2)": [f"walker_walk-state-gauss0.2-seed{s}" for s in (1, 2)],
     "one update per 2 frames (seed 1)": ["walker_walk-state-fpu2-seed1"],
+    "LayerNorm critic, one update per 2 frames (seeds 1-3)": [f"walker_walk-state-lnfpu2-seed{s}" for s in (1, 2, 3)],
     "pixels, `agent.critic_norm=layer` (seeds 1-2)": [f"../default_learner/walker_walk-ln-ar4-fpu4-seed{s}" for s in (1, 2)],
 }
 
