@@ -189,11 +189,11 @@ class Benchmark:
 
         self.settings = EnvSettings.from_config(cfg)
         # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
-        floor = auto_frames_per_update(cfg) is not None
+        planned, floor = planned_updates(cfg), auto_frames_per_update(cfg) is not None
         self.precision, self.env_threads, self.torch_threads = resolve_compute(
-            cfg, self.settings, planned_updates(cfg), planned_is_floor=floor)
+            cfg, self.settings, planned, planned_is_floor=floor)
         self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",
-                                                planned_updates=planned_updates(cfg),
+                                                planned_updates=planned,
                                                 compile_min_updates=int(cfg.compile_min_updates),
                                                 planned_is_floor=floor)
         self.device = self.precision.device
