@@ -33,15 +33,11 @@ GROUPS = {
 }
 
 
-def episodes(run: Path) -> list[tuple[np.ndarray, float]]:
-    """(reward per frame of each agent step, the episode's return) for each of the run's starts."""
+def episodes(run: Path) -> list[np.ndarray]:
+    """Reward per frame of each agent step, for each of the run's starts."""
     z = np.load(run / "q_record_100k.npz")
     repeat = 4  # every run here acts at action repeat 4: an agent step's reward sums 4 frames
-    out = []
-    for e in np.unique(z["episode"]):
-        r = z["reward"][z["episode"] == e]
-        out.append((r / repeat, float(r.sum())))
-    return out
+    return [z["reward"][z["episode"] == e] / repeat for e in np.unique(z["episode"])]
 
 
 def row(name: str, runs: list[str]) -> str:
@@ -50,10 +46,10 @@ def row(name: str, runs: list[str]) -> str:
     moving: list[float] = []
     falls: list[int] = []
     for run in runs:
-        for per_frame, _ in episodes(HERE / run):
-            low = np.flatnonzero(per_frame < DOWN)
-            first_fall.append(int(low[0]) if len(low) else len(per_frame))
-            down.append(float((per_frame < DOWN).mean()))
+        for per_frame in episodes(HERE / run):
+            is_down = per_frame < DOWN
+            first_fall.append(int(np.argmax(is_down)) if is_down.any() else len(per_frame))
+            down.append(float(is_down.mean()))
             moving.append(float((per_frame > MOVING).mean()))
             count, was_moving = 0, False
             for v in per_frame:
