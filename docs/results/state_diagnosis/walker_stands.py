@@ -29,6 +29,8 @@ GROUPS = {
     "Gaussian 0.2, constant (seeds 1-2)": [f"walker_walk-state-gauss0.2-seed{s}" for s in (1, 2)],
     "one update per 2 frames (seed 1)": ["walker_walk-state-fpu2-seed1"],
     "LayerNorm critic, one update per 2 frames (seeds 1-3)": [f"walker_walk-state-lnfpu2-seed{s}" for s in (1, 2, 3)],
+    "LayerNorm critic, one update per 2 frames, batch 128 (seeds 1-3)": [
+        f"walker_walk-state-lnfpu2b128-seed{s}" for s in (1, 2, 3)],
     "pixels, `agent.critic_norm=layer` (seeds 1-2)": [f"../default_learner/walker_walk-ln-ar4-fpu4-seed{s}" for s in (1, 2)],
 }
 
