@@ -185,11 +185,11 @@ class Benchmark:
         if "peak" in cfg.stages and (int(cfg.peak_matmul_size) < 1 or not float(cfg.peak_min_repeat_s) > 0):
             raise UserError(f"peak_matmul_size={cfg.peak_matmul_size} must be at least 1 and "
                             f"peak_min_repeat_s={cfg.peak_min_repeat_s} above 0")
-        from pixel_ddpg.trainer import auto_frames_per_update, planned_updates
+        from pixel_ddpg.trainer import update_plan
 
         self.settings = EnvSettings.from_config(cfg)
         # what the trainer would choose for this config (end_to_end runs it), and for amp/compile=auto
-        planned, floor = planned_updates(cfg), auto_frames_per_update(cfg) is not None
+        planned, floor = update_plan(cfg)
         self.precision, self.env_threads, self.torch_threads = resolve_compute(
             cfg, self.settings, planned, planned_is_floor=floor)
         self.auto_precision = resolve_precision(cfg.device, "auto", cfg.amp_dtype, "auto",

@@ -215,6 +215,13 @@ def planned_updates(cfg: DictConfig, frame: int = 0) -> int:
     return int(frames / int(cfg.obs.action_repeat) * updates_per_step(cfg))
 
 
+def update_plan(cfg: DictConfig, frame: int = 0) -> tuple[int, bool]:
+    """What ``compile=auto`` is decided on, for the trainer and the benchmark alike: the planned
+    updates and whether that count is a floor (``frames_per_update=auto`` counts its cheapest choice
+    until the start-up timing, which may raise it)."""
+    return planned_updates(cfg, frame), auto_frames_per_update(cfg) is not None
+
+
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """The global RNGs' states as plain data (tensors, ints, lists): a checkpoint loads with weights_only.
 
@@ -308,9 +315,9 @@ class Trainer:
         env_seed = (cfg.seed + self.counters.frame) % 2**31
         self.settings = EnvSettings.from_config(cfg, seed=env_seed)
         cfg.render = self.settings.render  # render=auto: config.yaml and checkpoints record the profile chosen
+        planned, floor = update_plan(cfg, self.counters.frame)
         self.precision, self.env_threads, self.torch_threads = resolve_compute(
-            cfg, self.settings, planned_updates(cfg, self.counters.frame),
-            planned_is_floor=auto_frames_per_update(cfg) is not None)
+            cfg, self.settings, planned, planned_is_floor=floor)
         self.device = self.precision.device
         self._staging = HostStaging(self.device) if self.device.type == "cuda" else None  # acting's uploads
         torch.manual_seed(cfg.seed)
@@ -374,6 +381,10 @@ class Trainer:
         envs_line = (f"EnvPool {self.env_threads} of {usable_cores()} usable cores" if self.settings.backend == "envpool"
                      else f"a Gymnasium {self.settings.vectorization} vector env; {usable_cores()} usable cores")
         self.log.progress.write(f"learner on {self.precision.describe()}; threads: torch {self.torch_threads}, {envs_line}")
+        if int(cfg.total_frames) < int(cfg.warmup_frames):
+            self.log.progress.write(f"warning: total_frames={int(cfg.total_frames):,} ends inside the warm-up "
+                                    f"(warmup_frames={int(cfg.warmup_frames):,}): this run collects and evaluates "
+                                    "but makes no updates")
         if self.env.notice:
             self.log.progress.write(self.env.notice)
         render_warning = (self.settings.pixels and self.settings.backend == "envpool" and software_render_warning(
@@ -687,7 +698,9 @@ class Trainer:
                 # Evaluate, then checkpoint: a checkpoint never holds an evaluation that already
                 # wrote its row, so a run resumed from it (after a crash) does not repeat that row.
                 if c.frame >= c.next_eval:
-                    if not self._maybe_evaluate():
+                    with self.log.progress.paused():
+                        evaluated = self._maybe_evaluate()
+                    if not evaluated:
                         break
                     window_start, window_frame = time.perf_counter(), c.frame  # fps excludes evaluation
                 if c.frame >= c.next_checkpoint:

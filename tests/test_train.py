@@ -154,6 +154,31 @@ def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("frames ")]
     assert lines and "/240 (" in lines[-1] and "frames/s | ETA" in lines[-1] and "last eval" in lines[-1]
     assert "eval @ 0 frames: 2 episodes of" in proc.stdout
+    assert "ends inside the warm-up" not in proc.stdout
+
+
+def test_a_run_inside_its_warm_up_says_it_makes_no_updates(tmp_path):
+    proc = train(tmp_path / "run", "obs=state", "total_frames=60", "warmup_frames=90")
+    assert "warning: total_frames=60 ends inside the warm-up (warmup_frames=90): " in proc.stdout
+    logged = rows(tmp_path / "run" / "train.csv")
+    assert logged and not any(r["critic_loss"] for r in logged)
+
+
+def test_progress_rate_and_eta_leave_out_evaluations():
+    """100 frames in 10 s of training with a 60 s evaluation between: 10 frames/s, ETA 90 s for the
+    900 left, not the 1.4 frames/s and ETA of ten minutes that counting the evaluation gave."""
+    from pixel_ddpg.runlog import Progress
+
+    now = [0.0]
+    progress = Progress(total=1000, initial=0, enabled=False, clock=lambda: now[0])
+    with progress.paused():
+        now[0] += 60.0
+    now[0] += 10.0
+    assert progress.line(100, now[0]) == "frames 100/1,000 (10.0%) | 10 frames/s | ETA 0:01:30"
+    with progress.paused():  # a second evaluation
+        now[0] += 60.0
+    now[0] += 10.0
+    assert progress.line(200, now[0]) == "frames 200/1,000 (20.0%) | 10 frames/s | ETA 0:01:20"
 
 
 def test_same_seed_gives_identical_first_losses(tmp_path):
