@@ -196,7 +196,8 @@ def resolve_precision(device: str, amp: object = "auto", amp_dtype: str = "bfloa
                            "on a CPU; install g++ to compile")
         elif planned_updates is not None and planned_updates < compile_min_updates:
             use_compile = False
-            reasons.append("compile=auto: no updates planned (the run ends inside its warm-up)" if planned_updates == 0
+            none = "no updates planned (the run ends inside its warm-up, or has none left)"
+            reasons.append(f"compile=auto: {none}" if planned_updates == 0
                            else f"compile=auto: {planned_updates:,} updates planned, under the "
                                 f"{compile_min_updates:,} that repay ~30 s of compiling")
         else:
