@@ -66,7 +66,7 @@ class EncoderSettings:
     kernels: tuple[int, ...]
     strides: tuple[int, ...]
     center: bool  # pixels scaled to [-0.5, 0.5] instead of [0, 1]
-    feature_dim: int | None  # width of each head's LayerNorm trunk; None: no trunk (always None on state)
+    feature_dim: int | None  # width of each head's LayerNorm trunk; None: no trunk (on state only with agent.state_trunk)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,10 @@ class LearnerSettings:
             raise ConfigError("agent.encoder.channels, kernels and strides must be lists of the same length; "
                               f"got {list(channels)}, {list(kernels)}, {list(strides)}")
         hidden = _ints(c.pixel_hidden if pixels else c.state_hidden, "agent.pixel_hidden" if pixels else "agent.state_hidden")
-        feature_dim = int(enc.feature_dim) if pixels and has_trunk(enc) else None
+        # On state the pixel heads' trunk is opt-in (agent.state_trunk): without it a state screen of a
+        # head change (a LayerNorm critic) adds normalisation that the pixel critic already has.
+        trunk = has_trunk(enc) if pixels else _flag(c.get("state_trunk", False), "agent.state_trunk")
+        feature_dim = int(enc.feature_dim) if trunk else None
         if feature_dim is not None and feature_dim < 1:
             raise ConfigError(f"agent.encoder.feature_dim={feature_dim} must be positive")
         center = _flag(enc.get("center", False), "agent.encoder.center")  # older configs: [0, 1] input
@@ -263,6 +266,8 @@ class LearnerSettings:
                 sig["encoder"]["center"] = True
         else:
             sig["encoder"] = None
+            if self.encoder.feature_dim is not None:  # only when on: state checkpoints from before it still match
+                sig["state_trunk"] = self.encoder.feature_dim
         sig["hidden"] = list(self.hidden)
         if self.critic_norm != "none":  # only when on: signatures of earlier checkpoints still match
             sig["critic_norm"] = self.critic_norm

@@ -180,9 +180,12 @@ def episode_stats(returns: list[float]) -> dict[str, float]:
 
 
 def describe_critic_net(learner: LearnerSettings) -> str:
-    """The critic's network where it is not the plain MLP: a LayerNorm critic (``critic_norm: layer``)
-    learns another curve from the same loss, so the line names it."""
-    return ", LayerNorm critic" if learner.critic_norm == "layer" else ""
+    """The heads where they are not the plain MLP: a LayerNorm critic (``critic_norm: layer``), or the
+    pixel heads' trunk on a state vector (``state_trunk``), learns another curve from the same loss,
+    so the line names it."""
+    trunk = "" if learner.pixels or learner.encoder.feature_dim is None else \
+        f", LayerNorm trunk on the state ({learner.encoder.feature_dim} wide)"
+    return trunk + (", LayerNorm critic" if learner.critic_norm == "layer" else "")
 
 
 def describe_critic_loss(learner: LearnerSettings, spec: Any) -> str:

@@ -453,6 +453,26 @@ def test_critic_norm_layer_normalises_every_hidden_layer_of_each_q_head_only(twi
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
+def test_state_trunk_gives_a_state_learner_the_pixel_heads_input():
+    s = spec((5,))
+    plain, a = agent(s=s, seed=1), agent("agent.state_trunk=true", s=s, seed=1)
+    _, actor, critic = a._online
+    for trunk in (actor.trunk, critic.trunk):  # Linear(state -> feature_dim) -> LayerNorm -> tanh, as on pixels
+        assert [type(m) for m in trunk] == [torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Tanh]
+        assert trunk[0].in_features == 5 and trunk[1].normalized_shape == (a.settings.encoder.feature_dim,)
+    assert plain._online[1].trunk is None and plain._online[2].trunk is None
+    # a network shape: a checkpoint of either does not load into the other; off, the signature is as before
+    assert a.config_signature() != plain.config_signature()
+    assert "state_trunk" not in plain.config_signature()
+    assert agent("agent.state_trunk=false", s=s).config_signature() == plain.config_signature()
+    # the pixel learner's trunk is agent.encoder.trunk's alone
+    assert agent("agent.state_trunk=true").config_signature() == agent().config_signature()
+    out = a.update(batch(s))
+    assert all(torch.isfinite(v).all() for v in out.values())
+    with pytest.raises(ConfigError, match="state_trunk"):
+        agent("agent.state_trunk=maybe", s=s)
+
+
 def test_critic_norm_bad_value_or_with_batch_norm_is_a_config_error():
     with pytest.raises(ConfigError, match="critic_norm"):
         agent("agent.critic_norm=group")

@@ -229,6 +229,12 @@ def test_the_start_up_line_says_when_the_critic_loss_or_network_is_not_the_defau
     line = describe_setup(compose(["env=cheetah", "agent.critic_norm=layer", "agent.critic_loss=huber"]), spec_px,
                           ln_huber, 1.0)
     assert ", LayerNorm critic, Huber critic loss (delta 1)); observation:" in line
+    # the pixel heads' trunk on a state run is named; on pixels it is the learner's own and goes unnamed
+    st = LearnerSettings.from_config(compose(["env=cheetah", "obs=state", "agent.state_trunk=true",
+                                              "agent.critic_norm=layer"]).agent, pixels=False)
+    assert describe_critic_net(st) == ", LayerNorm trunk on the state (50 wide), LayerNorm critic"
+    assert describe_critic_net(LearnerSettings.from_config(compose(["env=cheetah", "agent.state_trunk=true"]).agent,
+                                                           pixels=True)) == ""
 
 
 def test_a_task_without_a_measured_sigma_keeps_the_learners_own():
