@@ -1,13 +1,14 @@
 """What a pixel checkpoint's encoder knows about the simulator's state: a linear read-out (probe).
 
 The state learner with the pixel learner's heads scores far above the pixel learner on some tasks
-(ball_in_cup_catch 507 against 220 over 20 starts): the difference is what the conv encoder passes
-on. This script rolls the checkpoint's own policy (with its exploration noise, so the states are the
-ones its replay holds) in the run's pixel env and, step for step, in the same task's state env with
-the same seed and actions (MuJoCo is deterministic: the two simulate the same states, which the
-script checks through the rewards, which must agree at every step). Then it
-fits ridge regressions from features to each state variable and reports their R^2 on episodes they
-were not fitted on (4 folds of whole envs, the ridge chosen by cross-validation inside each):
+(ball_in_cup_catch 620 against 220 over 20 starts at the same batch and updates): the difference is
+what the conv encoder passes on. This script rolls the checkpoint's own policy (with its exploration
+noise at the end of its schedule, so the states are near the ones its replay holds) in the run's pixel
+env and, step for step, in the same task's state env with the same seed and actions (MuJoCo is
+deterministic: the two simulate the same states, which the script checks through the rewards, which
+must agree at every step). Then it fits ridge regressions from features to each state variable and
+reports their R^2 on episodes they were not fitted on (4 folds of whole envs, the ridge chosen by
+cross-validation inside each):
 
 - ``conv``: the encoder's flattened conv output (what the heads' trunks read);
 - ``critic trunk`` / ``actor trunk``: the 50 features after Linear -> LayerNorm -> tanh;
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ STATE_GROUPS = {
 RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # chosen per state variable by cross-validation on the training envs
 
 
-def rollout(path: str, steps: int, num_envs: int) -> dict[str, np.ndarray]:
+def rollout(path: str, steps: int, num_envs: int) -> dict[str, Any]:
     """Pixel observations, state vectors and features of ``steps`` agent steps in each of ``num_envs`` envs."""
     ckpt = ckpt_io.load(ckpt_io.find_checkpoint(path))
     cfg = ckpt_io.checkpoint_config(ckpt)
@@ -148,6 +150,7 @@ def main() -> None:
     for name, x in r["feats"].items():
         r2 = r2_probe(x, y, args.envs)
         print(f"| {name} | {x.shape[1]} | " + " | ".join(f"{r2[g].mean():.2f}" for g in groups.values()) + " |")
+
 
 if __name__ == "__main__":
     main()
