@@ -48,7 +48,7 @@ RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # chosen per state variable 
 
 
 def rollout(path: str, steps: int, num_envs: int) -> dict[str, Any]:
-    """Pixel observations, state vectors and features of ``steps`` agent steps in each of ``num_envs`` envs."""
+    """State vectors and feature sets of ``steps`` agent steps in each of ``num_envs`` envs (rows step-major)."""
     ckpt = ckpt_io.load(ckpt_io.find_checkpoint(path))
     cfg = ckpt_io.checkpoint_config(ckpt)
     precision = resolve_precision("cpu", "false", "bfloat16", "false")
@@ -63,7 +63,7 @@ def rollout(path: str, steps: int, num_envs: int) -> dict[str, Any]:
         fresh = make_agent(cfg.agent, env_px.spec, precision, int(cfg.seed))
         a, b = env_px.reset(), env_st.reset()
         first = np.ones(num_envs, dtype=bool)
-        for t in range(steps):
+        for _ in range(steps):
             obs_px.append(np.asarray(a.obs).copy())
             obs_st.append(np.asarray(b.obs, dtype=np.float32).copy())
             with torch.no_grad():
@@ -129,16 +129,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a pixel run dir or checkpoint file")
     parser.add_argument("--steps", type=int, default=250, help="agent steps per env (250: one episode at repeat 4)")
-    parser.add_argument("--envs", type=int, default=32, help="envs (episodes), split into 4 folds")
+    parser.add_argument("--envs", type=int, default=32,
+                        help="envs (episodes), split into 4 folds; at least 12, so each fold's ridge has 3 to choose by")
     parser.add_argument("--cache", help="an .npz of the rollout's features and states: read if it exists, else written")
     args = parser.parse_args()
+    if args.envs < 12:
+        parser.error(f"--envs={args.envs}: at least 12 (4 folds of whole envs, 3 more inside each to choose the ridge)")
+    source = str(ckpt_io.find_checkpoint(args.checkpoint).resolve())
     if args.cache and Path(args.cache).exists():
         z = np.load(args.cache, allow_pickle=False)
+        if str(z["checkpoint"]) != source or z["state"].shape[0] != args.steps * args.envs:
+            parser.error(f"--cache {args.cache} holds {z['state'].shape[0]} steps of {z['checkpoint']}, "
+                         f"not {args.steps} x {args.envs} of {source}: name another file")
         r = {"state": z["state"], "task": str(z["task"]), "feats": {k[2:]: z[k] for k in z.files if k.startswith("f:")}}
     else:
         r = rollout(args.checkpoint, args.steps, args.envs)
         if args.cache:
-            np.savez_compressed(args.cache, state=r["state"], task=r["task"], **{f"f:{k}": v for k, v in r["feats"].items()})
+            np.savez_compressed(args.cache, checkpoint=source, state=r["state"], task=r["task"],
+                                **{f"f:{k}": v for k, v in r["feats"].items()})
     names = STATE_NAMES.get(r["task"], [f"s{i}" for i in range(r["state"].shape[1])])
     y = r["state"]
     if r["task"] == "ball_in_cup":  # the catch is decided by where the ball is against the cup
