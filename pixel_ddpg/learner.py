@@ -67,6 +67,7 @@ class EncoderSettings:
     strides: tuple[int, ...]
     center: bool  # pixels scaled to [-0.5, 0.5] instead of [0, 1]
     feature_dim: int | None  # width of each head's LayerNorm trunk; None: no trunk (on state only with agent.state_trunk)
+    flare: bool = False  # each RGB frame through the convs alone; newest frame's features and its differences (Flare)
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,7 @@ class LearnerSettings:
         if feature_dim is not None and feature_dim < 1:
             raise ConfigError(f"agent.encoder.feature_dim={feature_dim} must be positive")
         center = _flag(enc.get("center", False), "agent.encoder.center")  # older configs: [0, 1] input
+        flare = _flag(enc.get("flare", False), "agent.encoder.flare") and pixels  # older configs: one stacked input
         critic_norm = str(c.get("critic_norm", "none"))  # older configs: no normalisation in the Q heads
         if critic_norm not in CRITIC_NORMS:
             raise ConfigError(f"agent.critic_norm={critic_norm!r} is not known; choose one of {list(CRITIC_NORMS)}")
@@ -248,7 +250,7 @@ class LearnerSettings:
             actor_q=actor_q, critic_loss=critic_loss, huber_delta=huber_delta, hlgauss=hlgauss, target_encoder=bool(c.get("target_encoder", True)),
             target_actor=bool(c.get("target_actor", True)), actor_preact_penalty=preact_penalty,
             actor_preact_knee=preact_knee, augment=augment, augment_pad=pad,
-            encoder=EncoderSettings(kind, channels, kernels, strides, center, feature_dim),
+            encoder=EncoderSettings(kind, channels, kernels, strides, center, feature_dim, flare),
             noise=NoiseSettings.from_config(c.noise))
 
     def signature(self, obs_shape: tuple[int, ...], action_dim: int,
@@ -264,6 +266,8 @@ class LearnerSettings:
                               "strides": list(enc.strides), "feature_dim": enc.feature_dim}
             if enc.center:  # only when on: signatures of checkpoints from before the key still match
                 sig["encoder"]["center"] = True
+            if enc.flare:  # likewise
+                sig["encoder"]["flare"] = True
         else:
             sig["encoder"] = None
             if self.encoder.feature_dim is not None:  # only when on: state checkpoints from before it still match

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pixel_ddpg.errors import ConfigError
+
 if TYPE_CHECKING:
     from pixel_ddpg.learner import LearnerSettings
 
@@ -83,16 +85,28 @@ class Encoder(nn.Module):
     ``center``: scale to [-0.5, 0.5] instead (DrQ-v2's input). With inputs that are all positive,
     a conv weight's gradient has the sign of its channel's error for every weight of the channel,
     so Adam moves the whole channel's pre-activation one way at full rate and can switch the
-    channel off for every image (dead ReLUs, docs/results.md); centred inputs mix the signs."""
+    channel off for every image (dead ReLUs, docs/results.md); centred inputs mix the signs.
+
+    ``flare``: the convs see one RGB frame at a time and the output is the newest frame's features
+    followed by its difference to each older frame's (Flare: Shang et al., NeurIPS 2021, "Reinforcement
+    Learning with Latent Flow"). A stacked encoder mixes the frames in its first layer and, on walker and
+    cup, passes little of the motion on (docs/results.md, the linear probe); the differences hand the
+    trunk the motion directly, for about twice the conv FLOPs (layers 2 and up run once per frame)."""
 
     def __init__(self, obs_shape: tuple[int, ...], channels: list[int], kernels: list[int], strides: list[int],
-                 batch_norm: bool, center: bool = False) -> None:
+                 batch_norm: bool, center: bool = False, flare: bool = False) -> None:
         super().__init__()
         self.pixels = len(obs_shape) == 3
         self.center = bool(center) and self.pixels
+        self.frames = 1
+        if flare and self.pixels:
+            if obs_shape[0] % 3 or obs_shape[0] < 6:
+                raise ConfigError(f"agent.encoder.flare=true needs a stack of at least 2 RGB frames; the observation has "
+                                 f"{obs_shape[0]} channels")
+            self.frames = obs_shape[0] // 3
         if self.pixels:
             layers: list[nn.Module] = []
-            in_ch = obs_shape[0]
+            in_ch = obs_shape[0] // self.frames
             for ch, k, s in zip(channels, kernels, strides, strict=True):
                 conv = nn.Conv2d(in_ch, ch, k, stride=s)
                 fan_in_uniform_(conv)
@@ -113,6 +127,8 @@ class Encoder(nn.Module):
             self.out_dim = int(self.forward(dummy).shape[1])
 
     def _scaled(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.frames > 1:  # (B, F*3, H, W) -> (B*F, 3, H, W): each frame an image of its own
+            obs = obs.reshape(obs.shape[0] * self.frames, obs.shape[1] // self.frames, *obs.shape[2:])
         x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs
         x = x - 0.5 if self.center else x
         return x.contiguous(memory_format=torch.channels_last)
@@ -120,7 +136,12 @@ class Encoder(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.pixels:
             return self.norm(obs.float())
-        return self.convs(self._scaled(obs)).flatten(1)
+        feat = self.convs(self._scaled(obs)).flatten(1)
+        if self.frames == 1:
+            return feat
+        per_frame = feat.reshape(obs.shape[0], self.frames, -1)  # oldest first
+        newest = per_frame[:, -1:]
+        return torch.cat([newest, newest - per_frame[:, :-1]], dim=1).flatten(1)
 
     @torch.no_grad()
     def dead_channels(self, obs: torch.Tensor) -> torch.Tensor:
@@ -242,7 +263,8 @@ def build_networks(settings: LearnerSettings, obs_shape: tuple[int, ...], action
     enc = settings.encoder
     hidden, trunk_dim, batch_norm = list(settings.hidden), enc.feature_dim, settings.batch_norm
     action_dim = int(np.asarray(action_low).shape[0])
-    encoder = Encoder(tuple(obs_shape), list(enc.channels), list(enc.kernels), list(enc.strides), batch_norm, enc.center)
+    encoder = Encoder(tuple(obs_shape), list(enc.channels), list(enc.kernels), list(enc.strides), batch_norm, enc.center,
+                      enc.flare)
     actor = Actor(encoder.out_dim, action_dim, hidden, trunk_dim, batch_norm, settings.final_init, action_low, action_high)
     support = None
     if settings.hlgauss is not None:

@@ -17,7 +17,7 @@ import torch
 
 from pixel_ddpg.errors import ConfigError
 from pixel_ddpg.agent import SATURATED
-from tests.conftest import agent, batch
+from tests.conftest import agent, batch, spec
 
 
 def test_update_reports_the_collapse_diagnostics():
@@ -248,3 +248,25 @@ def test_centred_pixels_are_the_unit_range_pixels_less_a_half():
     assert "center" not in plain.config_signature()["encoder"]  # signatures of older checkpoints still match
     with pytest.raises(ConfigError, match="center"):
         agent("agent.encoder.center=maybe")
+
+
+def test_flare_hands_on_the_newest_frames_features_and_its_differences_to_the_older_ones():
+    a = agent("agent.encoder.flare=true", "agent.encoder.trunk=true", "agent.encoder.center=true")
+    enc, obs = a.encoder, batch(n=4).obs  # (4, 9, 32, 32): 3 RGB frames, oldest first
+    with torch.no_grad():
+        # a frame's own features: the encoder's first block on a stack of that frame alone
+        alone = [enc(obs[:, 3 * i:3 * i + 3].repeat(1, 3, 1, 1)) for i in range(3)]
+        d = enc.out_dim // 3
+        for f in alone:
+            assert torch.equal(f[:, d:], torch.zeros_like(f[:, d:]))  # a still scene has no differences
+        newest, out = alone[2][:, :d], enc(obs)
+    torch.testing.assert_close(out, torch.cat([newest, newest - alone[0][:, :d], newest - alone[1][:, :d]], 1))
+    assert enc.convs[0].in_channels == 3
+    assert d == agent("agent.encoder.trunk=true").encoder.out_dim  # the convs see 3 channels, not 9: same map
+    assert a.actor.trunk[0].in_features == enc.out_dim
+    assert a.config_signature()["encoder"]["flare"] is True
+    assert "flare" not in agent().config_signature()["encoder"]  # signatures of older checkpoints still match
+    with pytest.raises(ConfigError, match="at least 2 RGB frames"):
+        agent("agent.encoder.flare=true", s=spec((3, 32, 32)))
+    with pytest.raises(ConfigError, match="flare"):
+        agent("agent.encoder.flare=maybe")
