@@ -90,8 +90,10 @@ class Encoder(nn.Module):
     ``flare``: the convs see one RGB frame at a time and the output is the newest frame's features
     followed by its difference to each older frame's (Flare: Shang et al., NeurIPS 2021, "Reinforcement
     Learning with Latent Flow"). A stacked encoder mixes the frames in its first layer and, on walker and
-    cup, passes little of the motion on (docs/results.md, the linear probe); the differences hand the
-    trunk the motion directly, for about twice the conv FLOPs (layers 2 and up run once per frame)."""
+    cup, passes little of the motion on (docs/results.md, the linear probe); the differences were to hand
+    the trunk the motion directly. Screened and not adopted: 1.9-2.6x the update time on an AVX2 CPU
+    (layers 2 and up run once per frame) and, on cup, less motion in its features than the stacked
+    first layer computes (docs/results.md, "Motion in the features")."""
 
     def __init__(self, obs_shape: tuple[int, ...], channels: list[int], kernels: list[int], strides: list[int],
                  batch_norm: bool, center: bool = False, flare: bool = False) -> None:
